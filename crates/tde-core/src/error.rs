@@ -1,0 +1,67 @@
+//! One error type for the core. Messages never carry key bytes.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("principal key file \"{path}\" cannot be read: {source}")]
+    KeyFileUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("principal key file \"{path}\" is accessible by group or others (mode {mode:04o}); it must be mode 0600 or stricter")]
+    KeyFilePermissions { path: PathBuf, mode: u32 },
+    #[error("principal key file \"{path}\" is not a regular file")]
+    KeyFileNotRegular { path: PathBuf },
+    #[error("principal key from {source_name} is malformed: {reason}")]
+    KeyFormat { source_name: String, reason: String },
+    #[error("principal key command could not be run: {0}")]
+    KeyCommandSpawn(std::io::Error),
+    #[error("principal key command failed ({status}){stderr}")]
+    KeyCommandFailed { status: String, stderr: String },
+    #[error("no principal key configured: set tde.principal_key_file or tde.principal_key_command")]
+    NoKeySource,
+    #[error("both tde.principal_key_file and tde.principal_key_command are set; configure exactly one")]
+    TwoKeySources,
+
+    #[error("keyring \"{path}\" is missing, but the data directory already holds encrypted data ({evidence}); refusing to create a new keyring. Restore the keyring from a backup")]
+    KeyringMissing { path: PathBuf, evidence: String },
+    #[error("keyring \"{path}\" cannot be read: {source}")]
+    KeyringUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("keyring is corrupt: {0}")]
+    KeyringCorrupt(String),
+    #[error("keyring format version {found} is not supported (this build reads version {supported})")]
+    KeyringVersion { found: u64, supported: u64 },
+    #[error("wrong principal key: the keyring expects fingerprint {expected}, the configured key has fingerprint {actual}")]
+    WrongPrincipalKey { expected: String, actual: String },
+    #[error("keyring authentication failed for principal key {fingerprint}: the keyring has been tampered with or is corrupt")]
+    KeyringTampered { fingerprint: String },
+    #[error("keyring belongs to another cluster: keyring system identifier {keyring}, this cluster's is {cluster}")]
+    ForeignKeyring { keyring: u64, cluster: u64 },
+    #[error("cannot write keyring \"{path}\": {source}")]
+    KeyringWrite {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("cannot read pg_control \"{path}\": {reason}")]
+    ControlFile { path: PathBuf, reason: String },
+
+    #[error("page {block} is encrypted with data key generation {generation}, which the keyring does not hold")]
+    UnknownGeneration { block: u32, generation: u8 },
+    #[error("page {block} carries encryption format {format}, which this build does not read")]
+    UnknownPageFormat { block: u32, format: u8 },
+    #[error("page {block} has an unexpected header (flags {flags:#06x}, size/version {size_version:#06x}); refusing to write it")]
+    UnexpectedPageHeader {
+        block: u32,
+        flags: u16,
+        size_version: u16,
+    },
+    #[error("operating system random number generator failed: {0}")]
+    Random(String),
+}

@@ -1,0 +1,21 @@
+//! PostgreSQL-free core of `tde`.
+//!
+//! Everything that decides what bytes land on disk lives here: key material
+//! and its derivation, the keyring file format, the page transform and the
+//! PostgreSQL page checksum it must keep valid. The extension crate only
+//! adapts PostgreSQL's buffers and hooks to these functions, so every
+//! transform can be tested against in-memory pages.
+#![forbid(unsafe_code)]
+
+pub mod checksum;
+pub mod control;
+pub mod error;
+pub mod kdf;
+pub mod keyring;
+pub mod nonce;
+pub mod page;
+pub mod principal;
+pub mod provider;
+pub mod scan;
+
+pub use error::{Error, Result};

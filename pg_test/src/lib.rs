@@ -1,0 +1,1 @@
+//! Helpers for driving real PostgreSQL clusters in tests.

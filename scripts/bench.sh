@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Benchmarks, each reported as a ratio measured in this one run:
+#   1. page transform throughput vs `openssl speed -evp aes-256-ctr` (8 KiB)
+#   2. pgbench TPS on a cluster with tde vs an identical cluster without it
+# Environment: BENCH_SECONDS (pgbench run length, default 30),
+#              BENCH_SCALE (pgbench scale, default 30), PG_BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+SECONDS_PER_RUN=${BENCH_SECONDS:-30}
+SCALE=${BENCH_SCALE:-30}
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+echo "== page transform vs OpenSSL (one core, 8 KiB blocks)"
+cargo build --release -q -p tde-core --example page_throughput
+ours=$(target/release/examples/page_throughput 2)
+echo "$ours"
+# openssl prints rates in 1000s of bytes per second; the last column is 8192.
+ossl_k=$(openssl speed -evp aes-256-ctr -bytes 8192 -seconds 3 2>/dev/null | awk '/^aes-256-ctr/ {v=$NF} END {sub("k","",v); print v}')
+ossl=$(awk -v k="$ossl_k" 'BEGIN {printf "%.0f", k*1000}')
+echo "openssl_aes_256_ctr $ossl"
+echo "$ours" | awk -v o="$ossl" '{printf "ratio %-22s %.2f (%.2f GB/s vs openssl %.2f GB/s)\n", $1, $2/o, $2/1e9, o/1e9}'
+
+echo "== pgbench: tde vs plain (scale $SCALE, ${SECONDS_PER_RUN}s per run, shared_buffers 32MB so pages cross the storage manager)"
+base=$(mktemp -d /var/tmp/tde-bench.XXXXXX)
+chmod 755 "$base"
+cleanup() {
+    for c in plain tde; do
+        [ -f "$base/$c/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$base/$c" -m immediate stop >/dev/null 2>&1 || true
+    done
+    rm -rf "$base"
+}
+trap cleanup EXIT
+openssl rand -hex 32 > "$base/key"
+chmod 600 "$base/key"
+[ "$(id -u)" = 0 ] && chown -R postgres: "$base"
+port=5590
+for c in plain tde; do
+    port=$((port + 1))
+    as_pg "$PG_BIN/initdb" -D "$base/$c" -A trust -U postgres --data-checksums >/dev/null
+    cat >> "$base/$c/postgresql.conf" <<CONF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$base'
+shared_buffers = 32MB
+max_wal_size = 4GB
+CONF
+    if [ "$c" = tde ]; then
+        printf "shared_preload_libraries = 'tde'\ntde.principal_key_file = '%s'\n" "$base/key" >> "$base/$c/postgresql.conf"
+    fi
+    as_pg "$PG_BIN/pg_ctl" -D "$base/$c" -l "$base/$c.log" -w start >/dev/null
+    as_pg "$PG_BIN/pgbench" -h "$base" -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+done
+tps() { # cluster-port mode
+    local extra=()
+    [ "$2" = select ] && extra=(-S)
+    as_pg "$PG_BIN/pgbench" -h "$base" -p "$1" -U postgres -c 2 -j 2 -T "$SECONDS_PER_RUN" "${extra[@]}" postgres 2>/dev/null |
+        awk '/^tps/ {print $3; exit}'
+}
+for mode in select tpcb; do
+    p1=$(tps 5591 "$mode"); t1=$(tps 5592 "$mode")
+    p2=$(tps 5591 "$mode"); t2=$(tps 5592 "$mode")
+    awk -v m="$mode" -v p1="$p1" -v p2="$p2" -v t1="$t1" -v t2="$t2" 'BEGIN {
+        p = (p1 + p2) / 2; t = (t1 + t2) / 2;
+        printf "pgbench %-6s plain %.0f tps, tde %.0f tps, ratio tde/plain %.3f\n", m, p, t, t / p }'
+done

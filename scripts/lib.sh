@@ -1,0 +1,66 @@
+# shellcheck shell=bash
+# Shared helpers for the scripts in this directory.  Source it; don't run it.
+
+# Make rustup's cargo visible even in non-login shells (CI, sudo, make).
+if [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+case ":$PATH:" in
+    *":$HOME/.cargo/bin:"*) ;;
+    *) export PATH="$HOME/.cargo/bin:$PATH" ;;
+esac
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_MAJOR=15
+PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}"
+PGRX_VERSION=0.18.1
+export REPO_ROOT PG_MAJOR PG_CONFIG PGRX_VERSION
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Run a command with root privileges (directly when already root).
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    else
+        sudo -- "$@"
+    fi
+}
+
+# Run a command as the OS user that owns PostgreSQL servers.  initdb and
+# postgres refuse to run as root.
+as_postgres() {
+    if [ "$(id -un)" = postgres ]; then
+        "$@"
+    elif [ "$(id -u)" -eq 0 ] && command -v runuser >/dev/null 2>&1; then
+        runuser -u postgres -- "$@"
+    else
+        sudo -u postgres -- "$@"
+    fi
+}
+
+pg_bindir() { "$PG_CONFIG" --bindir; }
+
+# Create directory $1 owned by postgres with mode 0700 (parents as needed).
+make_postgres_dir() {
+    as_root install -d -o postgres -g postgres -m 0700 "$1"
+}
+
+# Give the installed tde.so a fresh inode so that a later in-place overwrite
+# (e.g. the plain `cp` that `cargo pgrx install --sudo` does) cannot corrupt
+# the copy mapped by a running server, which would crash it.
+detach_installed_so() {
+    local so
+    so="$("$PG_CONFIG" --pkglibdir)/tde.so"
+    if [ -f "$so" ]; then
+        as_root cp -p "$so" "$so.tmp.$$"
+        as_root mv -f "$so.tmp.$$" "$so"
+    fi
+}
+
+# Is a server running on data directory $1?
+pg_running() {
+    as_postgres "$(pg_bindir)/pg_ctl" -D "$1" status >/dev/null 2>&1
+}

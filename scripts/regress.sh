@@ -1,0 +1,331 @@
+#!/usr/bin/env bash
+# Run PostgreSQL 15's own regression suite (installcheck, parallel_schedule)
+# against a throwaway cluster with tde preloaded.
+#
+#   scripts/regress.sh              MODE=tde (default): tde in
+#                                   shared_preload_libraries with a principal key
+#   MODE=plain scripts/regress.sh   same cluster without tde (baseline)
+#
+# The suite comes from Debian's postgresql-15 source package (apt-get source,
+# cached under $TDE_CACHE, default ~/.cache/tde): pg_regress and regress.so are
+# built once from it; the tests then run with the installed server's binaries.
+# The source on the mirror can be a few minor releases older than the
+# installed server; a handful of tests then differ for reasons unrelated to
+# tde.  Those are listed in regress/expected-failures-pg15.txt (measured with
+# MODE=plain), and the run passes iff every failing test is listed there.
+#
+# Environment:
+#   MODE                 tde | plain                      (default tde)
+#   TDE_CACHE            cache for sources and build      (default ~/.cache/tde)
+#   TDE_REGRESS_DIR      scratch dir, owned by postgres   (default /var/tmp/tde-regress)
+#   REGRESS_PORT         port of the throwaway cluster    (default 5498)
+#   REGRESS_OUT          where results/diffs are copied   (default target/regress/$MODE)
+#   REGRESS_SCHEDULE     schedule file name               (default parallel_schedule)
+#   REGRESS_TESTS        run these tests instead of a schedule (space separated)
+#   REGRESS_LOAD_EXTENSION=1  also CREATE EXTENSION tde in the test database
+#   REGRESS_CHECK_ENCRYPTED=0 skip the "tenk1 is not stored in plaintext" check
+#   UPDATE_BASELINE=1    rewrite the expected-failures file from this run
+#   KEEP_CLUSTER=1       leave the cluster's data directory behind
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+MODE="${MODE:-tde}"
+case "$MODE" in tde | plain) ;; *) die "MODE must be tde or plain, not '$MODE'" ;; esac
+CACHE="${TDE_CACHE:-$HOME/.cache/tde}"
+BASE="${TDE_REGRESS_DIR:-/var/tmp/tde-regress}"
+PORT="${REGRESS_PORT:-5498}"
+OUT="${REGRESS_OUT:-$REPO_ROOT/target/regress/$MODE}"
+SCHEDULE="${REGRESS_SCHEDULE:-parallel_schedule}"
+EXPECTED_FAILURES="$REPO_ROOT/regress/expected-failures-pg$PG_MAJOR.txt"
+SRC_PKG="postgresql-$PG_MAJOR"
+BINDIR="$(pg_bindir)"
+
+# ---------------------------------------------------------------------------
+# 1. Source: Debian's postgresql-15 source package, downloaded once.
+# ---------------------------------------------------------------------------
+have_deb_src() {
+    grep -hsE '^[[:space:]]*(Types:.*[[:space:]]deb-src([[:space:]]|$)|deb-src[[:space:]])' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
+        >/dev/null
+}
+
+add_deb_src() {
+    if have_deb_src; then
+        return
+    fi
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        log "adding deb-src entries (/etc/apt/sources.list.d/debian-src.sources)"
+        sed -E 's/^Types:.*/Types: deb-src/' /etc/apt/sources.list.d/debian.sources |
+            as_root tee /etc/apt/sources.list.d/debian-src.sources >/dev/null
+    elif grep -qsE '^deb[[:space:]]' /etc/apt/sources.list; then
+        log "adding deb-src entries (/etc/apt/sources.list.d/debian-src.list)"
+        sed -nE 's/^deb([[:space:]])/deb-src\1/p' /etc/apt/sources.list |
+            as_root tee /etc/apt/sources.list.d/debian-src.list >/dev/null
+    else
+        die "no Debian apt sources found to derive deb-src entries from"
+    fi
+}
+
+source_versions() { # newest first, the installed server's version first of all
+    local installed
+    installed="$(dpkg-query -W -f='${Version}' "$SRC_PKG" 2>/dev/null || true)"
+    [ -n "$installed" ] && echo "$installed"
+    apt-cache showsrc --only-source "$SRC_PKG" 2>/dev/null |
+        awk '/^Version:/ {print $2}' | sort -V -r -u | grep -vxF -- "${installed:-none}" || true
+}
+
+# Prints the path of an upstream tarball (postgresql-15_X.Y.orig.tar.bz2).
+fetch_source() {
+    local src_dir="$CACHE/src" installed choice tarball
+    mkdir -p "$src_dir"
+    installed="$(dpkg-query -W -f='${Version}' "$SRC_PKG" 2>/dev/null || echo unknown)"
+    choice="$src_dir/chosen-for-$installed"
+    if [ -f "$choice" ] && tarball="$(cat "$choice")" && [ -f "$tarball" ]; then
+        echo "$tarball"
+        return
+    fi
+    add_deb_src
+    if [ -z "$(apt-cache showsrc --only-source "$SRC_PKG" 2>/dev/null)" ]; then
+        log "apt-get update (for deb-src indexes)"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    fi
+    local version tmp
+    for version in $(source_versions); do
+        tmp="$(mktemp -d "$src_dir/dl.XXXXXX")"
+        log "apt-get source --download-only $SRC_PKG=$version"
+        if (cd "$tmp" && apt-get source -qq --download-only "$SRC_PKG=$version" >&2 2>"$tmp.err"); then
+            tarball="$(ls "$tmp"/*.orig.tar.* 2>/dev/null | head -n1)"
+            if [ -n "$tarball" ]; then
+                mv "$tmp"/* "$src_dir"/
+                rm -rf "$tmp" "$tmp.err"
+                tarball="$src_dir/$(basename "$tarball")"
+                echo "$tarball" >"$choice"
+                echo "$tarball"
+                return
+            fi
+        else
+            log "  not available: $(grep -m1 '^E:' "$tmp.err" || true)"
+        fi
+        rm -rf "$tmp" "$tmp.err"
+    done
+    die "could not download any version of the $SRC_PKG source package"
+}
+
+# ---------------------------------------------------------------------------
+# 2. Build pg_regress and regress.so (cached per upstream version).
+# ---------------------------------------------------------------------------
+build_suite() { # tarball -> prints the build tree's src/test/regress
+    local tarball="$1" upstream tree
+    upstream="$(basename "$tarball" | sed -E 's/^[^_]+_([^-]+)\.orig\.tar\..*/\1/')"
+    tree="$CACHE/build/postgresql-$upstream"
+    if [ ! -f "$tree/.tde-built" ]; then
+        log "building the regression suite of PostgreSQL $upstream in $tree"
+        rm -rf "$tree"
+        mkdir -p "$CACHE/build"
+        tar -xf "$tarball" -C "$CACHE/build"
+        [ -d "$tree" ] || die "unexpected tarball layout in $tarball"
+        (
+            cd "$tree"
+            ./configure --without-icu --without-readline --without-zlib --without-llvm \
+                >configure.log 2>&1 || { tail -n 30 configure.log >&2; exit 1; }
+            make -s -j"$(nproc)" -C src/test/regress >build.log 2>&1 ||
+                { tail -n 30 build.log >&2; exit 1; }
+        )
+        touch "$tree/.tde-built"
+    fi
+    echo "$tree/src/test/regress"
+}
+
+# ---------------------------------------------------------------------------
+# 3. Throwaway cluster.
+# ---------------------------------------------------------------------------
+version_lt() { # $1 < $2 ?
+    [ "$1" != "$2" ] && [ "$(printf '%s\n' "$1" "$2" | sort -V | head -n1)" = "$1" ]
+}
+
+RUN="$BASE/$MODE"
+DATA="$RUN/data"
+TREE="$RUN/suite"
+KEY="$RUN/keys/principal.key"
+
+stop_cluster() {
+    if pg_running "$DATA"; then
+        as_postgres "$BINDIR/pg_ctl" -D "$DATA" -w -m immediate stop >/dev/null 2>&1 || true
+    fi
+}
+
+main() {
+    [ -x "$BINDIR/postgres" ] || die "no PostgreSQL server at $BINDIR (run scripts/setup.sh)"
+    if [ "$MODE" = tde ] && [ ! -f "$("$PG_CONFIG" --pkglibdir)/tde.so" ]; then
+        die "tde.so is not installed (run scripts/install-ext.sh or MODE=plain)"
+    fi
+
+    local tarball suite
+    tarball="$(fetch_source)"
+    suite="$(build_suite "$tarball")"
+    SRC_VER="$(basename "$(dirname "$(dirname "$(dirname "$suite")")")" | sed 's/^postgresql-//')"
+    PSQL_VER="$("$BINDIR/psql" --version | awk '{print $3}')"
+    log "suite from PostgreSQL $SRC_VER sources, server and psql $PSQL_VER, mode $MODE"
+
+    # Fresh scratch directory owned by postgres: the server reads test data
+    # files and writes results there, so it cannot live under a private $HOME.
+    make_postgres_dir "$BASE"
+    stop_cluster
+    as_postgres rm -rf "$RUN"
+    as_postgres mkdir -m 0700 "$RUN" "$RUN/keys"
+    # shellcheck disable=SC2046
+    tar -C "$suite" -cf - sql expected data "$SCHEDULE" resultmap pg_regress \
+        $(cd "$suite" && ls ./*.so) | as_postgres tar -C "$RUN" --one-top-level=suite -xf -
+
+    # psql >= 15.19 skips in-line data after a failed COPY ... FROM STDIN up to
+    # the next "\."; older test scripts need that terminator added.
+    if version_lt "$SRC_VER" 15.19 && ! version_lt "$PSQL_VER" 15.19; then
+        log "adapting COPY ... FROM STDIN tests to psql $PSQL_VER"
+        as_postgres perl "$REPO_ROOT/scripts/regress-patch-copy.pl" "$TREE"/sql/*.sql >/dev/null
+    fi
+
+    as_postgres "$BINDIR/initdb" -D "$DATA" --data-checksums -A trust -U postgres \
+        --locale=C --encoding=UTF8 --no-sync >"$RUN/initdb.log.tmp" 2>&1 ||
+        { cat "$RUN/initdb.log.tmp" >&2; die "initdb failed"; }
+    {
+        echo "port = $PORT"
+        echo "listen_addresses = ''"
+        echo "unix_socket_directories = '$RUN'"
+        echo "max_connections = 100"
+        if [ "$MODE" = tde ]; then
+            echo "shared_preload_libraries = 'tde'"
+            echo "tde.principal_key_file = '$KEY'"
+        fi
+    } | as_postgres tee -a "$DATA/postgresql.conf" >/dev/null
+    if [ "$MODE" = tde ]; then
+        as_postgres sh -c 'umask 077 && openssl rand -hex 32 > "$1"' sh "$KEY"
+    fi
+
+    trap stop_cluster EXIT
+    as_postgres "$BINDIR/pg_ctl" -D "$DATA" -l "$RUN/server.log" -w start >/dev/null ||
+        { as_postgres tail -n 30 "$RUN/server.log" >&2; die "server did not start"; }
+
+    local args=(
+        --inputdir="$TREE" --outputdir="$TREE"
+        --bindir="$BINDIR" --dlpath="$TREE"
+        --host="$RUN" --port="$PORT"
+        --max-connections=20 --max-concurrent-tests=20
+    )
+    [ "${REGRESS_LOAD_EXTENSION:-0}" = 1 ] && args+=(--load-extension=tde)
+    if [ -n "${REGRESS_TESTS:-}" ]; then
+        # shellcheck disable=SC2206
+        args+=($REGRESS_TESTS)
+    else
+        args+=(--schedule="$TREE/$SCHEDULE")
+    fi
+
+    log "running pg_regress (port $PORT, logs in $RUN)"
+    local start rc=0
+    start=$(date +%s)
+    as_postgres sh -c 'cd "$1" && shift && exec ./pg_regress "$@"' sh "$TREE" "${args[@]}" \
+        >"$RUN/pg_regress.log.tmp" 2>&1 || rc=$?
+    cat "$RUN/pg_regress.log.tmp"
+    log "pg_regress exited with $rc after $(($(date +%s) - start))s"
+
+    # Encryption sanity check: a table the suite loaded must not be readable
+    # in its data file.
+    local enc_problem=0
+    if [ "$MODE" = tde ] && [ "${REGRESS_CHECK_ENCRYPTED:-1}" = 1 ] && pg_running "$DATA"; then
+        check_encrypted || enc_problem=1
+    fi
+
+    server_alive=1
+    pg_running "$DATA" || server_alive=0
+    stop_cluster
+    trap - EXIT
+
+    # Collect results somewhere visible.
+    rm -rf "$OUT"
+    mkdir -p "$OUT"
+    as_postgres cat "$TREE/regression.out" >"$OUT/regression.out" 2>/dev/null || true
+    as_postgres cat "$TREE/regression.diffs" >"$OUT/regression.diffs" 2>/dev/null || true
+    as_postgres cat "$RUN/server.log" >"$OUT/server.log" 2>/dev/null || true
+    [ -s "$OUT/regression.diffs" ] || rm -f "$OUT/regression.diffs"
+
+    summarize "$rc" "$server_alive" "$enc_problem"
+}
+
+check_encrypted() {
+    local psql=("$BINDIR/psql" -X -At -v ON_ERROR_STOP=1 -h "$RUN" -p "$PORT" -U postgres -d regression)
+    local rel value count
+    as_postgres "${psql[@]}" -c 'CHECKPOINT' >/dev/null || return 1
+    rel="$(as_postgres "${psql[@]}" -c "SELECT pg_relation_filepath('tenk1')" 2>/dev/null)" || {
+        log "encryption check skipped: no table tenk1"
+        return 0
+    }
+    value="$(as_postgres "${psql[@]}" -c "SELECT string4 FROM tenk1 ORDER BY unique1 LIMIT 1")"
+    count="$(as_postgres grep -c -a -F -- "$value" "$DATA/$rel" || true)"
+    if [ "${count:-0}" != 0 ]; then
+        echo "tde check: FAILED - '$value' (a tenk1 value) appears $count times in plaintext in $DATA/$rel" >&2
+        return 1
+    fi
+    echo "tde check: ok - tenk1 value '$value' not found in its data file $rel"
+}
+
+summarize() {
+    local rc="$1" server_alive="$2" enc_problem="$3"
+    local results="$OUT/regression.out"
+    local passed failed
+    passed="$(grep -cE '^(test )?[[:space:]]*[A-Za-z0-9_.-]+[[:space:]]+\.\.\. ok' "$results" || true)"
+    grep -E '\.\.\. FAILED' "$results" | sed -E 's/^(test )?[[:space:]]*([A-Za-z0-9_.-]+)[[:space:]].*/\2/' |
+        sort -u >"$OUT/failed-tests.txt" || true
+    failed="$(wc -l <"$OUT/failed-tests.txt")"
+
+    if [ "${UPDATE_BASELINE:-0}" = 1 ]; then
+        {
+            echo "# Tests of PostgreSQL's regression suite that fail on a plain server (no tde)"
+            echo "# on this setup: Debian's postgresql-$PG_MAJOR source package as found on the"
+            echo "# mirror versus the installed server, produced by"
+            echo "#   MODE=plain UPDATE_BASELINE=1 scripts/regress.sh"
+            echo "# Measured with the suite of $SRC_VER against server/psql $PSQL_VER."
+            cat "$OUT/failed-tests.txt"
+        } >"$EXPECTED_FAILURES"
+        log "wrote $EXPECTED_FAILURES"
+    fi
+
+    grep -vE '^[[:space:]]*(#|$)' "$EXPECTED_FAILURES" 2>/dev/null | awk '{print $1}' | sort -u \
+        >"$OUT/expected-failures.txt" || true
+    local unexpected now_passing
+    unexpected="$(comm -23 "$OUT/failed-tests.txt" "$OUT/expected-failures.txt" | xargs)"
+    now_passing="$(comm -13 "$OUT/failed-tests.txt" "$OUT/expected-failures.txt" | xargs)"
+    local expected_failed
+    expected_failed="$(comm -12 "$OUT/failed-tests.txt" "$OUT/expected-failures.txt" | xargs)"
+
+    echo
+    echo "regression: $passed passed, $failed failed ($(echo "$expected_failed" | wc -w) expected baseline failures: ${expected_failed:-none})"
+    [ -n "$now_passing" ] && echo "note: listed as expected failures but passed: $now_passing"
+    local ok=1
+    if [ "$((passed + failed))" -eq 0 ]; then
+        echo "no test results: pg_regress did not run (exit $rc)" >&2
+        ok=0
+    fi
+    if [ -n "$unexpected" ]; then
+        echo "unexpected failures: $unexpected" >&2
+        ok=0
+    fi
+    if [ "$server_alive" != 1 ]; then
+        echo "the server was not running at the end of the suite (crash?)" >&2
+        ok=0
+    fi
+    if grep -qE 'PANIC:|was terminated by signal' "$OUT/server.log" 2>/dev/null; then
+        echo "server log shows a crash:" >&2
+        grep -E 'PANIC:|was terminated by signal' "$OUT/server.log" | head -n 5 >&2
+        ok=0
+    fi
+    [ "$enc_problem" = 0 ] || ok=0
+    if [ "$ok" = 1 ]; then
+        [ -z "${KEEP_CLUSTER:-}" ] && as_postgres rm -rf "$DATA"
+        echo "regression ($MODE): PASS (results in $OUT)"
+    else
+        echo "regression ($MODE): FAIL - see $OUT/regression.diffs and $OUT/server.log" >&2
+        return 1
+    fi
+}
+
+main "$@"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Install everything needed to build and test tde on Debian 12 (bookworm).
+# Idempotent: each step is skipped when already satisfied, so a second run
+# takes a couple of seconds.  Works as root or as a user with sudo.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+APT_PACKAGES=(
+    postgresql-15 postgresql-server-dev-15 postgresql-contrib
+    libclang-dev clang pkg-config build-essential
+    libssl-dev openssl bison flex libreadline-dev zlib1g-dev
+    dpkg-dev perl sudo ca-certificates git curl
+)
+
+# --- Debian packages --------------------------------------------------------
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    log "Debian packages present"
+fi
+[ -x "$PG_CONFIG" ] || die "pg_config not found at $PG_CONFIG"
+id postgres >/dev/null 2>&1 || die "OS user 'postgres' missing (it comes with the postgresql-common package)"
+
+# --- Rust toolchain ---------------------------------------------------------
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup first"
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        log "adding rustup component $component"
+        rustup component add "$component"
+    fi
+done
+
+# --- cargo-pgrx -------------------------------------------------------------
+if cargo pgrx --version 2>/dev/null | grep -qw "$PGRX_VERSION"; then
+    log "cargo-pgrx $PGRX_VERSION present"
+else
+    log "installing cargo-pgrx $PGRX_VERSION (takes a few minutes)"
+    cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+
+# --- pgrx configuration -----------------------------------------------------
+PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
+if grep -qs "^pg$PG_MAJOR = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
+    log "pgrx already configured for pg$PG_MAJOR ($PG_CONFIG)"
+else
+    log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
+    cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG"
+fi
+
+log "setup complete"

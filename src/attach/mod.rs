@@ -1,0 +1,187 @@
+//! Attaching to a stock server (DESIGN §5): the storage manager's dispatch
+//! table is found by the addresses of the `md*` functions it holds, the
+//! read/write/extend slots are pointed at our wrappers, and a self-test
+//! proves that the server's own `smgr*` entry points reach them. Any doubt
+//! stops the server from starting; it never runs half-hooked.
+//!
+//! Everything PostgreSQL-version-specific lives in this module.
+
+mod relro;
+mod table;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use pgrx::prelude::*;
+
+use crate::smgr_hooks;
+pub use table::{locate, MdSymbols};
+
+/// Which server functions the dispatch table held, and where.
+pub struct Attached {
+    pub description: String,
+}
+
+static ATTACHED: OnceLock<Attached> = OnceLock::new();
+
+pub fn attached() -> Option<&'static Attached> {
+    ATTACHED.get()
+}
+
+// The md.c entry points of PostgreSQL 15, declared without their signatures:
+// only their addresses are used here (the real signatures are in smgr_hooks).
+extern "C" {
+    fn mdinit();
+    fn mdopen();
+    fn mdclose();
+    fn mdcreate();
+    fn mdexists();
+    fn mdunlink();
+    fn mdextend();
+    fn mdprefetch();
+    fn mdread();
+    fn mdwrite();
+    fn mdwriteback();
+    fn mdnblocks();
+    fn mdtruncate();
+    fn mdimmedsync();
+}
+
+fn md_symbols() -> MdSymbols {
+    MdSymbols {
+        read: mdread as *const () as usize,
+        write: mdwrite as *const () as usize,
+        extend: mdextend as *const () as usize,
+        required_neighbours: vec![
+            ("mdclose", mdclose as *const () as usize),
+            ("mdcreate", mdcreate as *const () as usize),
+            ("mdexists", mdexists as *const () as usize),
+            ("mdunlink", mdunlink as *const () as usize),
+            ("mdprefetch", mdprefetch as *const () as usize),
+            ("mdwriteback", mdwriteback as *const () as usize),
+            ("mdnblocks", mdnblocks as *const () as usize),
+            ("mdtruncate", mdtruncate as *const () as usize),
+        ],
+        optional_neighbours: vec![
+            mdinit as *const () as usize,
+            mdopen as *const () as usize,
+            mdimmedsync as *const () as usize,
+        ],
+    }
+}
+
+fn server_version() -> String {
+    // SAFETY: GetConfigOption returns a pointer to GUC storage that stays valid
+    // while no GUC is reassigned; it is copied at once.
+    unsafe {
+        let p = pg_sys::GetConfigOption(c"server_version".as_ptr(), true, false);
+        if p.is_null() {
+            "unknown".into()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
+fn refuse(what: &str) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!(
+            "tde: cannot attach to the storage manager of PostgreSQL {} (built for {}): {what}",
+            server_version(),
+            built_for()
+        ),
+        "tde only runs on server builds whose storage manager layout it recognizes; the server was not started."
+    );
+    #[allow(unreachable_code)]
+    loop {}
+}
+
+pub fn attach_storage_manager() {
+    let region = relro::main_program_relro().unwrap_or_else(|e| refuse(&e));
+    // SAFETY: the region is the main program's PT_GNU_RELRO segment as
+    // reported by the dynamic loader: mapped, readable and never unmapped.
+    let words = unsafe { relro::words(&region) };
+    let found = locate(words, &md_symbols()).unwrap_or_else(|e| refuse(&e));
+    let slots = [
+        (found.read, smgr_hooks::wrapper_read()),
+        (found.write, smgr_hooks::wrapper_write()),
+        (found.extend, smgr_hooks::wrapper_extend()),
+    ];
+    smgr_hooks::save_originals(
+        words[found.read],
+        words[found.write],
+        words[found.extend],
+    );
+    // SAFETY: every slot index lies inside the RELRO region found above;
+    // the region is made writable only for these stores, then read-only
+    // again, before any other process exists.
+    if let Err(e) = unsafe { relro::store_words(&region, &slots) } {
+        refuse(&e);
+    }
+    self_test();
+    let _ = ATTACHED.set(Attached {
+        description: format!(
+            "smgr: dispatch table patched (read, write, extend) on PostgreSQL {}",
+            server_version()
+        ),
+    });
+}
+
+pub const HIT_READ: u32 = 1;
+pub const HIT_WRITE: u32 = 2;
+pub const HIT_EXTEND: u32 = 4;
+/// Non-zero while the self-test runs: the wrappers record the call and
+/// return without touching storage.
+pub static SELF_TEST: AtomicU32 = AtomicU32::new(0);
+const SELF_TEST_ACTIVE: u32 = 0x100;
+
+pub fn self_test_hit(which: u32) -> bool {
+    let v = SELF_TEST.load(Ordering::Relaxed);
+    if v & SELF_TEST_ACTIVE == 0 {
+        return false;
+    }
+    SELF_TEST.store(v | which, Ordering::Relaxed);
+    true
+}
+
+/// Calls the server's own smgrread/smgrwrite/smgrextend with a dummy
+/// relation; each must arrive in our wrapper.
+fn self_test() {
+    let mut rel = pg_sys::SMgrRelationData {
+        smgr_which: 0,
+        ..Default::default()
+    };
+    let mut buf = vec![0u8; tde_core::page::PAGE_SIZE];
+    SELF_TEST.store(SELF_TEST_ACTIVE, Ordering::Relaxed);
+    let ptr = buf.as_mut_ptr().cast::<std::ffi::c_char>();
+    let rel_ptr: pg_sys::SMgrRelation = &mut rel;
+    let outcome = PgTryBuilder::new(|| {
+        // SAFETY: `rel` and `buf` outlive the calls; with the self-test flag
+        // set our wrappers return before using either. Should a call not
+        // reach a wrapper, md.c fails to open the dummy relation's file and
+        // raises an ERROR, which is caught below.
+        unsafe {
+            pg_sys::smgrread(rel_ptr, pg_sys::ForkNumber::MAIN_FORKNUM, 0, ptr);
+            pg_sys::smgrwrite(rel_ptr, pg_sys::ForkNumber::MAIN_FORKNUM, 0, ptr, true);
+            pg_sys::smgrextend(rel_ptr, pg_sys::ForkNumber::MAIN_FORKNUM, 0, ptr, true);
+        }
+        true
+    })
+    .catch_others(|_| false)
+    .execute();
+    let hits = SELF_TEST.swap(0, Ordering::Relaxed) & !SELF_TEST_ACTIVE;
+    if !outcome || hits != HIT_READ | HIT_WRITE | HIT_EXTEND {
+        refuse(&format!(
+            "self-test failed: calls through smgrread/smgrwrite/smgrextend reached the wrappers {{read: {}, write: {}, extend: {}}}",
+            hits & HIT_READ != 0,
+            hits & HIT_WRITE != 0,
+            hits & HIT_EXTEND != 0
+        ));
+    }
+}
+
+fn built_for() -> String {
+    pg_sys::PG_VERSION.to_string_lossy().into_owned()
+}

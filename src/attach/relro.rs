@@ -1,0 +1,105 @@
+//! The main program's read-only-after-relocation segment, and the narrowly
+//! scoped write access needed to patch a few words in it.
+
+use std::ffi::c_int;
+
+pub struct Region {
+    pub start: usize,
+    pub len: usize,
+}
+
+unsafe extern "C" fn first_object_relro(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    data: *mut libc::c_void,
+) -> c_int {
+    // SAFETY: the loader passes a valid dl_phdr_info for the duration of the
+    // callback; `data` is the `Option<Region>` passed by main_program_relro.
+    unsafe {
+        let info = &*info;
+        let out = &mut *(data as *mut Option<Region>);
+        let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+        for ph in phdrs {
+            if ph.p_type == libc::PT_GNU_RELRO {
+                *out = Some(Region {
+                    start: info.dlpi_addr as usize + ph.p_vaddr as usize,
+                    len: ph.p_memsz as usize,
+                });
+            }
+        }
+    }
+    // The first object reported is the main program; stop there.
+    1
+}
+
+pub fn main_program_relro() -> Result<Region, String> {
+    let mut found: Option<Region> = None;
+    // SAFETY: the callback only writes through `data`, which points at `found`
+    // for the whole call.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(first_object_relro),
+            (&mut found as *mut Option<Region>).cast(),
+        );
+    }
+    found.ok_or_else(|| "the postgres executable has no PT_GNU_RELRO segment".to_string())
+}
+
+/// The region as aligned machine words.
+///
+/// # Safety
+/// `region` must describe mapped, readable memory that stays mapped.
+pub unsafe fn words(region: &Region) -> &'static [usize] {
+    let align = std::mem::align_of::<usize>();
+    let start = (region.start + align - 1) & !(align - 1);
+    let end = region.start + region.len;
+    let count = end.saturating_sub(start) / std::mem::size_of::<usize>();
+    // SAFETY: per the caller's contract the range is mapped and readable.
+    unsafe { std::slice::from_raw_parts(start as *const usize, count) }
+}
+
+/// Stores `(word index, value)` pairs into the region, making the pages that
+/// hold them writable only for the duration, and verifies the stores.
+///
+/// # Safety
+/// The indexes must lie inside `words(region)`, no other thread may run, and
+/// the values must be valid for whatever reads those words.
+pub unsafe fn store_words(region: &Region, slots: &[(usize, usize)]) -> Result<(), String> {
+    // SAFETY: per the caller's contract.
+    let base = unsafe { words(region) }.as_ptr() as usize;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    for &(index, value) in slots {
+        let addr = base + index * std::mem::size_of::<usize>();
+        let page_start = addr & !(page - 1);
+        // SAFETY: page_start is a page of the mapped RELRO segment.
+        let rc = unsafe {
+            libc::mprotect(
+                page_start as *mut libc::c_void,
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "mprotect(PROT_WRITE) failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: addr is an aligned word inside the now writable page.
+        unsafe { std::ptr::write_volatile(addr as *mut usize, value) };
+        // SAFETY: as above, restoring read-only protection.
+        let rc = unsafe { libc::mprotect(page_start as *mut libc::c_void, page, libc::PROT_READ) };
+        if rc != 0 {
+            return Err(format!(
+                "mprotect(PROT_READ) failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: the page is readable again.
+        if unsafe { std::ptr::read_volatile(addr as *const usize) } != value {
+            return Err("a patched slot did not keep its new value".into());
+        }
+    }
+    Ok(())
+}

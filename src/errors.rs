@@ -1,0 +1,40 @@
+//! The one place where core errors become PostgreSQL errors with SQLSTATEs.
+
+use pgrx::prelude::*;
+use tde_core::Error;
+
+fn sqlstate(e: &Error) -> PgSqlErrorCode {
+    use PgSqlErrorCode::*;
+    match e {
+        Error::KeyFileUnreadable { .. }
+        | Error::KeyringUnreadable { .. }
+        | Error::KeyringWrite { .. }
+        | Error::ControlFile { .. } => ERRCODE_IO_ERROR,
+        Error::KeyFilePermissions { .. } | Error::KeyFileNotRegular { .. } => {
+            ERRCODE_INSUFFICIENT_PRIVILEGE
+        }
+        Error::KeyFormat { .. }
+        | Error::KeyCommandSpawn(_)
+        | Error::KeyCommandFailed { .. }
+        | Error::NoKeySource
+        | Error::TwoKeySources => ERRCODE_CONFIG_FILE_ERROR,
+        Error::WrongPrincipalKey { .. } => ERRCODE_INVALID_PASSWORD,
+        Error::KeyringMissing { .. } => ERRCODE_UNDEFINED_FILE,
+        Error::KeyringCorrupt(_)
+        | Error::KeyringVersion { .. }
+        | Error::KeyringTampered { .. }
+        | Error::ForeignKeyring { .. }
+        | Error::UnknownGeneration { .. }
+        | Error::UnknownPageFormat { .. } => ERRCODE_DATA_CORRUPTED,
+        Error::UnexpectedPageHeader { .. } | Error::Random(_) => ERRCODE_INTERNAL_ERROR,
+    }
+}
+
+/// Raises `e` as an ERROR (FATAL in the postmaster at start-up) prefixed
+/// with `context`. Messages carry no key material by construction.
+pub fn raise(context: &str, e: &Error) -> ! {
+    let message = format!("tde: {context}: {e}");
+    ereport!(ERROR, sqlstate(e), message);
+    #[allow(unreachable_code)]
+    loop {}
+}

@@ -1,0 +1,55 @@
+//! Configuration parameters. Key sources can only be set at server start.
+
+use std::ffi::CString;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+
+pub static PRINCIPAL_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static PRINCIPAL_KEY_COMMAND: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static DATA_ENCRYPTION: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"tde.principal_key_file",
+        c"File holding the principal key (64 hexadecimal digits, mode 0600).",
+        c"Keep it outside the data directory.",
+        &PRINCIPAL_KEY_FILE,
+        GucContext::Postmaster,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"tde.principal_key_command",
+        c"Shell command the postmaster runs at start to obtain the principal key.",
+        c"The command must print 64 hexadecimal digits on standard output.",
+        &PRINCIPAL_KEY_COMMAND,
+        GucContext::Postmaster,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_bool_guc(
+        c"tde.data_encryption",
+        c"Encrypt relation pages as they are written.",
+        c"Pages written while off are stored in plaintext; encrypted pages stay readable either way.",
+        &DATA_ENCRYPTION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    // SAFETY: called from _PG_init in the postmaster, where defining and
+    // reserving GUCs is allowed; the string is a static C string.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"tde".as_ptr()) };
+}
+
+pub fn key_file() -> Option<String> {
+    PRINCIPAL_KEY_FILE
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+}
+
+pub fn key_command() -> Option<String> {
+    PRINCIPAL_KEY_COMMAND
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+}

@@ -1,0 +1,89 @@
+//! SQL functions (`CREATE EXTENSION tde`).
+
+use std::path::PathBuf;
+
+use pgrx::prelude::*;
+use pgrx::PgRelation;
+use tde_core::scan;
+
+use crate::{attach, guc, startup, state};
+
+#[pg_extern(volatile, parallel_safe)]
+fn tde_status() -> TableIterator<
+    'static,
+    (
+        name!(attach, String),
+        name!(server_version, String),
+        name!(principal_key_fingerprint, String),
+        name!(data_key_generation, i32),
+        name!(data_encryption, bool),
+    ),
+> {
+    let st = state::get();
+    let attach = attach::attached()
+        .map(|a| a.description.clone())
+        .unwrap_or_else(|| "not attached".into());
+    // SAFETY: PG_VERSION_STR-like runtime value; copied at once.
+    let version = unsafe {
+        let p = pg_sys::GetConfigOption(c"server_version".as_ptr(), false, false);
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    TableIterator::once((
+        attach,
+        version,
+        st.fingerprint.clone(),
+        st.cipher_generation as i32,
+        guc::DATA_ENCRYPTION.get(),
+    ))
+}
+
+const FORKS: [(pg_sys::ForkNumber::Type, &str); 4] = [
+    (pg_sys::ForkNumber::MAIN_FORKNUM, "main"),
+    (pg_sys::ForkNumber::FSM_FORKNUM, "fsm"),
+    (pg_sys::ForkNumber::VISIBILITYMAP_FORKNUM, "vm"),
+    (pg_sys::ForkNumber::INIT_FORKNUM, "init"),
+];
+
+/// Page counts per fork, read from the relation's files on disk (pages still
+/// only in shared buffers are not counted: run CHECKPOINT first).
+#[pg_extern(volatile, parallel_safe)]
+fn tde_relation_pages(
+    rel: PgRelation,
+) -> TableIterator<
+    'static,
+    (
+        name!(fork, String),
+        name!(total, i64),
+        name!(encrypted, i64),
+        name!(plaintext, i64),
+        name!(empty, i64),
+    ),
+> {
+    let node = rel.rd_node;
+    if node.relNode == pg_sys::InvalidOid {
+        return TableIterator::new(Vec::new());
+    }
+    let pgdata = startup::data_dir();
+    let mut rows = Vec::new();
+    for (forknum, name) in FORKS {
+        // SAFETY: GetRelationPath returns a palloc'd C string; copied at once.
+        let rel_path = unsafe {
+            let p = pg_sys::GetRelationPath(node.dbNode, node.spcNode, node.relNode, rel.rd_backend, forknum);
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        };
+        let path: PathBuf = pgdata.join(rel_path);
+        if scan::segment_files(&path).is_empty() {
+            continue;
+        }
+        let c = scan::count_fork(&path)
+            .unwrap_or_else(|e| pgrx::error!("tde: cannot read \"{}\": {e}", path.display()));
+        rows.push((
+            name.to_string(),
+            c.total as i64,
+            c.encrypted as i64,
+            c.plaintext as i64,
+            c.empty as i64,
+        ));
+    }
+    TableIterator::new(rows)
+}

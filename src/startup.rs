@@ -1,0 +1,124 @@
+//! Start-up in the postmaster: fetch the principal key, then open the
+//! keyring — or create it, when this data directory has never been
+//! encrypted.
+
+use std::ffi::CStr;
+use std::path::PathBuf;
+
+use pgrx::prelude::*;
+use tde_core::keyring::{open_for_cluster, write_atomic, Keyring, KeyringFile};
+use tde_core::provider::{KeyCommand, KeyFile, KeyProvider};
+use tde_core::{control, scan, Error};
+
+use crate::{errors, guc};
+
+pub struct Loaded {
+    pub keyring: Keyring,
+}
+
+pub const KEYRING_DIR: &str = "pg_tde";
+pub const KEYRING_FILE: &str = "keyring.json";
+
+pub fn data_dir() -> PathBuf {
+    // SAFETY: DataDir is set by the postmaster before shared_preload_libraries
+    // are loaded and never freed; it is a NUL-terminated C string.
+    let dir = unsafe { CStr::from_ptr(pg_sys::DataDir) };
+    PathBuf::from(dir.to_string_lossy().into_owned())
+}
+
+fn provider() -> Result<Box<dyn KeyProvider>, Error> {
+    match (guc::key_file(), guc::key_command()) {
+        (Some(_), Some(_)) => Err(Error::TwoKeySources),
+        (Some(path), None) => Ok(Box::new(KeyFile { path: path.into() })),
+        (None, Some(command)) => Ok(Box::new(KeyCommand { command })),
+        (None, None) => Err(Error::NoKeySource),
+    }
+}
+
+pub fn load_keys() -> Loaded {
+    let principal = provider()
+        .and_then(|p| p.fetch())
+        .unwrap_or_else(|e| errors::raise("cannot obtain the principal key", &e));
+    let pgdata = data_dir();
+    let sysid = control::system_identifier(&pgdata)
+        .unwrap_or_else(|e| errors::raise("cannot identify the cluster", &e));
+    let dir = pgdata.join(KEYRING_DIR);
+    let path = dir.join(KEYRING_FILE);
+    let keyring = match std::fs::read(&path) {
+        Ok(bytes) => KeyringFile::parse(&bytes)
+            .and_then(|file| open_for_cluster(&file, &principal, sysid))
+            .unwrap_or_else(|e| {
+                errors::raise(&format!("cannot open keyring \"{}\"", path.display()), &e)
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_keyring(&pgdata, &dir, &path, &principal, sysid)
+        }
+        Err(source) => errors::raise(
+            "cannot open keyring",
+            &Error::KeyringUnreadable {
+                path: path.clone(),
+                source,
+            },
+        ),
+    };
+    Loaded { keyring }
+}
+
+/// A keyring is only ever created for a data directory that holds no
+/// encrypted page: a fresh keyring for an encrypted cluster would make its
+/// data unreadable for good.
+fn create_keyring(
+    pgdata: &std::path::Path,
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    principal: &tde_core::principal::PrincipalKey,
+    sysid: u64,
+) -> Keyring {
+    let missing = |evidence: String| {
+        errors::raise(
+            "refusing to start",
+            &Error::KeyringMissing {
+                path: path.to_path_buf(),
+                evidence,
+            },
+        )
+    };
+    if dir.exists() {
+        missing(format!("directory \"{}\" exists", dir.display()));
+    }
+    match scan::find_encrypted_page(pgdata) {
+        Ok(Some((file, block))) => missing(format!(
+            "page {block} of \"{}\" is encrypted",
+            file.strip_prefix(pgdata).unwrap_or(&file).display()
+        )),
+        Ok(None) => {}
+        Err(e) => pgrx::error!("tde: cannot scan the data directory for encrypted pages: {e}"),
+    }
+    let keyring = Keyring::generate(sysid)
+        .unwrap_or_else(|e| errors::raise("cannot generate data keys", &e));
+    let file = keyring
+        .seal(&[principal])
+        .unwrap_or_else(|e| errors::raise("cannot seal the keyring", &e));
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+        write_atomic(path, file.to_json().as_bytes())
+    };
+    if let Err(source) = write() {
+        errors::raise(
+            "cannot create the keyring",
+            &Error::KeyringWrite {
+                path: path.to_path_buf(),
+                source,
+            },
+        );
+    }
+    log!(
+        "tde: created keyring \"{}\" (principal key {})",
+        path.display(),
+        principal.fingerprint()
+    );
+    let mut keyring = keyring;
+    keyring.opened_with = principal.fingerprint();
+    keyring
+}
