@@ -19,7 +19,7 @@ cargo build --release -q -p tde-core --example page_throughput
 ours=$(target/release/examples/page_throughput 2)
 echo "$ours"
 # openssl prints rates in 1000s of bytes per second; the last column is 8192.
-ossl_k=$(openssl speed -evp aes-256-ctr -bytes 8192 -seconds 3 2>/dev/null | awk '/^aes-256-ctr/ {v=$NF} END {sub("k","",v); print v}')
+ossl_k=$(openssl speed -evp aes-256-ctr -bytes 8192 -seconds 3 2>/dev/null | awk 'tolower($1) == "aes-256-ctr" {v=$NF} END {sub("k","",v); print v}')
 ossl=$(awk -v k="$ossl_k" 'BEGIN {printf "%.0f", k*1000}')
 echo "openssl_aes_256_ctr $ossl"
 echo "$ours" | awk -v o="$ossl" '{printf "ratio %-22s %.2f (%.2f GB/s vs openssl %.2f GB/s)\n", $1, $2/o, $2/1e9, o/1e9}'

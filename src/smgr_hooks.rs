@@ -89,7 +89,13 @@ fn relation_path(reln: SMgrRelation, forknum: ForkNumber::Type) -> String {
     // returned palloc'd string is copied at once.
     unsafe {
         let r = &(*reln).smgr_rnode;
-        let p = pg_sys::GetRelationPath(r.node.dbNode, r.node.spcNode, r.node.relNode, r.backend, forknum);
+        let p = pg_sys::GetRelationPath(
+            r.node.dbNode,
+            r.node.spcNode,
+            r.node.relNode,
+            r.backend,
+            forknum,
+        );
         std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
     }
 }
@@ -107,13 +113,21 @@ unsafe extern "C-unwind" fn tde_smgr_read(
     let orig = original_read();
     // SAFETY: same arguments the server passed to us, forwarded to mdread;
     // an ERROR inside is turned into a Rust panic and re-raised by pg_guard.
-    unsafe { pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| orig(reln, forknum, blocknum, buffer)) };
+    unsafe {
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| orig(reln, forknum, blocknum, buffer))
+    };
     // SAFETY: buffer is a BLCKSZ page the server owns exclusively while the
     // read is in progress (the buffer is marked I/O-in-progress).
     let page = unsafe { &mut *(buffer as *mut Page) };
-    if let Err(e) = state::get().cipher.decrypt(page, blocknum, checksums_enabled()) {
+    if let Err(e) = state::get()
+        .cipher
+        .decrypt(page, blocknum, checksums_enabled())
+    {
         errors::raise(
-            &format!("cannot decrypt block {blocknum} of \"{}\"", relation_path(reln, forknum)),
+            &format!(
+                "cannot decrypt block {blocknum} of \"{}\"",
+                relation_path(reln, forknum)
+            ),
             &e,
         );
     }
@@ -135,7 +149,11 @@ unsafe fn write_through(
 ) {
     if !guc::DATA_ENCRYPTION.get() {
         // SAFETY: forwarding the server's own arguments.
-        unsafe { pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| orig(reln, forknum, blocknum, buffer, skip_fsync)) };
+        unsafe {
+            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+                orig(reln, forknum, blocknum, buffer, skip_fsync)
+            })
+        };
         return;
     }
     let st = state::get();
@@ -153,8 +171,13 @@ unsafe fn write_through(
         // SAFETY: buffer points at BLCKSZ readable bytes; other backends may
         // change hint bits concurrently, which only affects those bits of the
         // copy (PostgreSQL itself copies such buffers the same way).
-        unsafe { std::ptr::copy_nonoverlapping(buffer as *const u8, page.0.as_mut_ptr(), PAGE_SIZE) };
-        match st.cipher.encrypt_in_place(&mut page.0, &params, fake_lsn::next) {
+        unsafe {
+            std::ptr::copy_nonoverlapping(buffer as *const u8, page.0.as_mut_ptr(), PAGE_SIZE)
+        };
+        match st
+            .cipher
+            .encrypt_in_place(&mut page.0, &params, fake_lsn::next)
+        {
             Ok(WriteOutcome::Encrypted) => Ok(Some(page.0.as_mut_ptr().cast::<c_char>())),
             Ok(WriteOutcome::PassThrough) => Ok(None),
             Err(e) => Err(e),
@@ -164,14 +187,21 @@ unsafe fn write_through(
         Ok(Some(encrypted)) => encrypted,
         Ok(None) => buffer,
         Err(e) => errors::raise(
-            &format!("cannot encrypt block {blocknum} of \"{}\"", relation_path(reln, forknum)),
+            &format!(
+                "cannot encrypt block {blocknum} of \"{}\"",
+                relation_path(reln, forknum)
+            ),
             &e,
         ),
     };
     // SAFETY: target is either the server's buffer or our private page, which
     // is not touched again until this call returns (backends are
     // single-threaded and the wrappers do not nest).
-    unsafe { pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| orig(reln, forknum, blocknum, target, skip_fsync)) };
+    unsafe {
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+            orig(reln, forknum, blocknum, target, skip_fsync)
+        })
+    };
 }
 
 #[pg_guard]
@@ -186,7 +216,16 @@ unsafe extern "C-unwind" fn tde_smgr_write(
         return;
     }
     // SAFETY: forwarding the server's arguments.
-    unsafe { write_through(original_write(&ORIG_WRITE), reln, forknum, blocknum, buffer, skip_fsync) }
+    unsafe {
+        write_through(
+            original_write(&ORIG_WRITE),
+            reln,
+            forknum,
+            blocknum,
+            buffer,
+            skip_fsync,
+        )
+    }
 }
 
 #[pg_guard]
@@ -201,5 +240,14 @@ unsafe extern "C-unwind" fn tde_smgr_extend(
         return;
     }
     // SAFETY: forwarding the server's arguments.
-    unsafe { write_through(original_write(&ORIG_EXTEND), reln, forknum, blocknum, buffer, skip_fsync) }
+    unsafe {
+        write_through(
+            original_write(&ORIG_EXTEND),
+            reln,
+            forknum,
+            blocknum,
+            buffer,
+            skip_fsync,
+        )
+    }
 }

@@ -68,7 +68,13 @@ fn tde_relation_pages(
     for (forknum, name) in FORKS {
         // SAFETY: GetRelationPath returns a palloc'd C string; copied at once.
         let rel_path = unsafe {
-            let p = pg_sys::GetRelationPath(node.dbNode, node.spcNode, node.relNode, rel.rd_backend, forknum);
+            let p = pg_sys::GetRelationPath(
+                node.dbNode,
+                node.spcNode,
+                node.relNode,
+                rel.rd_backend,
+                forknum,
+            );
             std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
         };
         let path: PathBuf = pgdata.join(rel_path);

@@ -94,8 +94,8 @@ fn create_keyring(
         Ok(None) => {}
         Err(e) => pgrx::error!("tde: cannot scan the data directory for encrypted pages: {e}"),
     }
-    let keyring = Keyring::generate(sysid)
-        .unwrap_or_else(|e| errors::raise("cannot generate data keys", &e));
+    let keyring =
+        Keyring::generate(sysid).unwrap_or_else(|e| errors::raise("cannot generate data keys", &e));
     let file = keyring
         .seal(&[principal])
         .unwrap_or_else(|e| errors::raise("cannot seal the keyring", &e));

@@ -109,11 +109,7 @@ pub fn attach_storage_manager() {
         (found.write, smgr_hooks::wrapper_write()),
         (found.extend, smgr_hooks::wrapper_extend()),
     ];
-    smgr_hooks::save_originals(
-        words[found.read],
-        words[found.write],
-        words[found.extend],
-    );
+    smgr_hooks::save_originals(words[found.read], words[found.write], words[found.extend]);
     // SAFETY: every slot index lies inside the RELRO region found above;
     // the region is made writable only for these stores, then read-only
     // again, before any other process exists.

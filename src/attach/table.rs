@@ -20,7 +20,11 @@ pub struct TableMatch {
 }
 
 fn only_index(words: &[usize], value: usize, name: &str) -> Result<usize, String> {
-    let mut found = words.iter().enumerate().filter(|(_, w)| **w == value).map(|(i, _)| i);
+    let mut found = words
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w == value)
+        .map(|(i, _)| i);
     match (found.next(), found.next()) {
         (Some(i), None) => Ok(i),
         (None, _) => Err(format!("no dispatch table slot holds {name}")),
@@ -102,12 +106,18 @@ mod tests {
 
     #[test]
     fn refuses_missing_duplicate_or_split() {
-        assert!(locate(&[0x1010, 0x1020], &syms()).unwrap_err().contains("mdextend"));
+        assert!(locate(&[0x1010, 0x1020], &syms())
+            .unwrap_err()
+            .contains("mdextend"));
         let dup = [0x1010, 0x1020, 0x1030, 0x1040, 0x1050, 5, 0x1010];
-        assert!(locate(&dup, &syms()).unwrap_err().contains("more than once"));
+        assert!(locate(&dup, &syms())
+            .unwrap_err()
+            .contains("more than once"));
         let split = [0x1010, 0x1040, 0x1050, 5, 0x1020, 0x1030];
         assert!(locate(&split, &syms()).unwrap_err().contains("not in one"));
         let no_neighbour = [0x1010, 0x1020, 0x1030, 0x1050];
-        assert!(locate(&no_neighbour, &syms()).unwrap_err().contains("mdnblocks"));
+        assert!(locate(&no_neighbour, &syms())
+            .unwrap_err()
+            .contains("mdnblocks"));
     }
 }

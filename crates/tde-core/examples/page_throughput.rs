@@ -64,7 +64,11 @@ fn main() {
                 nonce,
                 checksums,
             };
-            black_box(cipher.encrypt(&src, &mut dst, &p, || unreachable!()).unwrap());
+            black_box(
+                cipher
+                    .encrypt(&src, &mut dst, &p, || unreachable!())
+                    .unwrap(),
+            );
         });
         let mut encrypted = Box::new([0u8; PAGE_SIZE]);
         let p = WriteParams {
@@ -74,7 +78,9 @@ fn main() {
             nonce: 5,
             checksums,
         };
-        cipher.encrypt(&src, &mut encrypted, &p, || unreachable!()).unwrap();
+        cipher
+            .encrypt(&src, &mut encrypted, &p, || unreachable!())
+            .unwrap();
         measure(&format!("page_decrypt{suffix}"), seconds, || {
             dst.copy_from_slice(&encrypted[..]);
             black_box(cipher.decrypt(&mut dst, 17, checksums).unwrap());

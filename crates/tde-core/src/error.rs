@@ -21,9 +21,13 @@ pub enum Error {
     KeyCommandSpawn(std::io::Error),
     #[error("principal key command failed ({status}){stderr}")]
     KeyCommandFailed { status: String, stderr: String },
-    #[error("no principal key configured: set tde.principal_key_file or tde.principal_key_command")]
+    #[error(
+        "no principal key configured: set tde.principal_key_file or tde.principal_key_command"
+    )]
     NoKeySource,
-    #[error("both tde.principal_key_file and tde.principal_key_command are set; configure exactly one")]
+    #[error(
+        "both tde.principal_key_file and tde.principal_key_command are set; configure exactly one"
+    )]
     TwoKeySources,
 
     #[error("keyring \"{path}\" is missing, but the data directory already holds encrypted data ({evidence}); refusing to create a new keyring. Restore the keyring from a backup")]
@@ -35,7 +39,9 @@ pub enum Error {
     },
     #[error("keyring is corrupt: {0}")]
     KeyringCorrupt(String),
-    #[error("keyring format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "keyring format version {found} is not supported (this build reads version {supported})"
+    )]
     KeyringVersion { found: u64, supported: u64 },
     #[error("wrong principal key: the keyring expects fingerprint {expected}, the configured key has fingerprint {actual}")]
     WrongPrincipalKey { expected: String, actual: String },

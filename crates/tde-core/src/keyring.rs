@@ -123,7 +123,10 @@ impl Keyring {
         data_keys: impl IntoIterator<Item = (u8, Key256)>,
     ) -> Keyring {
         let data_keys: BTreeMap<u8, Key256> = data_keys.into_iter().collect();
-        assert!(!data_keys.is_empty(), "a keyring needs at least one data key");
+        assert!(
+            !data_keys.is_empty(),
+            "a keyring needs at least one data key"
+        );
         assert!(
             !data_keys.contains_key(&0),
             "data key generation 0 is reserved for \"not encrypted\""
@@ -261,10 +264,12 @@ impl KeyringFile {
         }
         // Read the version first so a future format gets a version error, not
         // a complaint about unknown fields.
-        let probe: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| corrupt(format!("not valid JSON ({e})")))?;
+        let probe: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not valid JSON ({e})")))?;
         if probe.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
-            return Err(corrupt("not a tde keyring (missing \"format\": \"tde-keyring\")"));
+            return Err(corrupt(
+                "not a tde keyring (missing \"format\": \"tde-keyring\")",
+            ));
         }
         match probe.get("version").and_then(|v| v.as_u64()) {
             Some(FORMAT_VERSION) => {}
@@ -523,6 +528,9 @@ mod tests {
             KeyringFile::parse(truncated),
             Err(Error::KeyringCorrupt(_))
         ));
-        assert!(matches!(KeyringFile::parse(b""), Err(Error::KeyringCorrupt(_))));
+        assert!(matches!(
+            KeyringFile::parse(b""),
+            Err(Error::KeyringCorrupt(_))
+        ));
     }
 }

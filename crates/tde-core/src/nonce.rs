@@ -6,8 +6,8 @@
 //! state and repeat its sequence, so the generator reseeds whenever the
 //! process id changes.
 
-use rand::{RngExt, SeedableRng};
 use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 
 use crate::kdf::fill_random;
 use crate::Result;

@@ -165,7 +165,14 @@ pub enum ReadOutcome {
     /// carries a plaintext checksum that deliberately fails verification, so
     /// PostgreSQL reports (or, with `ignore_checksum_failure`, tolerates) it
     /// exactly as for a plaintext page.
-    Decrypted { generation: u8, checksum_ok: bool },
+    Decrypted {
+        generation: u8,
+        checksum_ok: bool,
+    },
+    /// Data checksums are on, the stored checksum does not match and the
+    /// mark names no key this keyring holds: the page is left as stored for
+    /// PostgreSQL's verification to reject (or zero) like any damaged page.
+    Damaged,
 }
 
 /// Per-write inputs chosen by the caller.
@@ -272,6 +279,14 @@ impl PageCipher {
             PageState::Plain => return Ok(ReadOutcome::Plain),
             PageState::Encrypted(mark) => mark,
         };
+        let checksum_ok = !checksums || page_checksum(page, block) == stored_checksum(page);
+        if !checksum_ok && (mark.format != PAGE_FORMAT_V1 || !self.has_generation(mark.generation))
+        {
+            // The mark itself may be what is damaged: leave the page as
+            // stored, so PostgreSQL's own verification reports the checksum
+            // failure and zero_damaged_pages / ignore_checksum_failure apply.
+            return Ok(ReadOutcome::Damaged);
+        }
         if mark.format != PAGE_FORMAT_V1 {
             return Err(Error::UnknownPageFormat {
                 block,
@@ -279,7 +294,6 @@ impl PageCipher {
             });
         }
         let key = self.key(mark.generation, mark.fork, block)?;
-        let checksum_ok = !checksums || page_checksum(page, block) == stored_checksum(page);
         let lsn = page_lsn(page);
         let nonce = u16::from_le_bytes([page[NONCE_AT], page[NONCE_AT + 1]]);
         keystream(key, lsn, block, nonce).apply_keystream(&mut page[ENCRYPTED_FROM..]);

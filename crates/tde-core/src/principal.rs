@@ -65,7 +65,9 @@ mod tests {
 
     #[test]
     fn rejects_short_and_non_hex() {
-        let e = PrincipalKey::parse_hex("abcd", "file x").unwrap_err().to_string();
+        let e = PrincipalKey::parse_hex("abcd", "file x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected 64 hexadecimal digits"), "{e}");
         let e = PrincipalKey::parse_hex(&"zz".repeat(32), "file x")
             .unwrap_err()

@@ -189,10 +189,27 @@ mod tests {
 
     #[test]
     fn relation_file_names() {
-        for ok in ["1259", "16384_fsm", "16384_vm", "16384_init", "16384.12", "t3_16384", "t12_99_vm.2"] {
+        for ok in [
+            "1259",
+            "16384_fsm",
+            "16384_vm",
+            "16384_init",
+            "16384.12",
+            "t3_16384",
+            "t12_99_vm.2",
+        ] {
             assert!(is_relation_file(ok), "{ok}");
         }
-        for bad in ["PG_VERSION", "pg_filenode.map", "pg_internal.init", "16384.", "_vm", "t3_", "x1", "1.a"] {
+        for bad in [
+            "PG_VERSION",
+            "pg_filenode.map",
+            "pg_internal.init",
+            "16384.",
+            "_vm",
+            "t3_",
+            "x1",
+            "1.a",
+        ] {
             assert!(!is_relation_file(bad), "{bad}");
         }
     }

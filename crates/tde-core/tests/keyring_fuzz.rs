@@ -35,7 +35,8 @@ fn fixture() -> &'static Fixture {
             counting32(0x33),
             [1u8, 2, 9].map(|g| (g, Key256::random().unwrap())),
         );
-        let principals = [0x10, 0x50].map(|b| PrincipalKey::from_key(Key256::from_bytes(counting32(b))));
+        let principals =
+            [0x10, 0x50].map(|b| PrincipalKey::from_key(Key256::from_bytes(counting32(b))));
         let stranger = PrincipalKey::from_key(Key256::from_bytes(counting32(0x90)));
         let text = ring
             .seal(&[&principals[0], &principals[1]])
@@ -87,8 +88,14 @@ fn fixture_opens_and_meaning_preserving_edits_open_identically() {
     assert_eq!(parse_and_open(f.text.as_bytes()), 2);
     let v: Value = serde_json::from_str(&f.text).unwrap();
     // Whitespace and key order.
-    assert_eq!(parse_and_open(serde_json::to_string(&v).unwrap().as_bytes()), 2);
-    assert_eq!(parse_and_open(f.text.replace('\n', " \r\n\t ").as_bytes()), 2);
+    assert_eq!(
+        parse_and_open(serde_json::to_string(&v).unwrap().as_bytes()),
+        2
+    );
+    assert_eq!(
+        parse_and_open(f.text.replace('\n', " \r\n\t ").as_bytes()),
+        2
+    );
     // Principal entries in another order.
     let mut swapped = v.clone();
     swapped["principals"].as_array_mut().unwrap().reverse();
@@ -96,7 +103,11 @@ fn fixture_opens_and_meaning_preserving_edits_open_identically() {
     // Upper-case hex in MAC-covered fields (the fingerprint is compared as
     // text, so only the other fields).
     let mut upper = v.clone();
-    upper["cluster_salt"] = upper["cluster_salt"].as_str().unwrap().to_uppercase().into();
+    upper["cluster_salt"] = upper["cluster_salt"]
+        .as_str()
+        .unwrap()
+        .to_uppercase()
+        .into();
     for p in upper["principals"].as_array_mut().unwrap() {
         for field in ["nonce", "mac"] {
             p[field] = p[field].as_str().unwrap().to_uppercase().into();
@@ -120,6 +131,128 @@ fn oversized_and_deeply_nested_input_is_rejected() {
     ));
 }
 
+/// Structural damage is reported as a corrupt (or newer) keyring by the
+/// parser, before any key is tried.
+#[test]
+fn structural_errors_are_reported_by_the_parser() {
+    let base: Value = serde_json::from_str(&fixture().text).unwrap();
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "duplicate generation",
+            Box::new(|v| {
+                let keys = v["principals"][0]["data_keys"].as_array_mut().unwrap();
+                let first = keys[0].clone();
+                keys.insert(0, first);
+            }),
+        ),
+        (
+            "decreasing generations",
+            Box::new(|v| {
+                v["principals"][0]["data_keys"]
+                    .as_array_mut()
+                    .unwrap()
+                    .reverse();
+            }),
+        ),
+        (
+            "generation 0",
+            Box::new(|v| v["principals"][0]["data_keys"][0]["generation"] = 0.into()),
+        ),
+        (
+            "generation 256",
+            Box::new(|v| v["principals"][0]["data_keys"][2]["generation"] = 256.into()),
+        ),
+        (
+            "no data keys",
+            Box::new(|v| v["principals"][0]["data_keys"] = serde_json::json!([])),
+        ),
+        (
+            "no principals",
+            Box::new(|v| v["principals"] = serde_json::json!([])),
+        ),
+        (
+            "duplicate principal",
+            Box::new(|v| {
+                let ps = v["principals"].as_array_mut().unwrap();
+                let first = ps[0].clone();
+                ps.push(first);
+            }),
+        ),
+        ("short salt", Box::new(|v| v["cluster_salt"] = "00".into())),
+        (
+            "non-hex nonce",
+            Box::new(|v| v["principals"][1]["nonce"] = "zz".repeat(16).into()),
+        ),
+        (
+            "short mac",
+            Box::new(|v| v["principals"][1]["mac"] = "ab".repeat(31).into()),
+        ),
+        (
+            "long wrapped key",
+            Box::new(|v| v["principals"][0]["data_keys"][1]["wrapped"] = "ab".repeat(33).into()),
+        ),
+        (
+            "short fingerprint",
+            Box::new(|v| v["principals"][0]["fingerprint"] = "abcd".into()),
+        ),
+        (
+            "negative system identifier",
+            Box::new(|v| v["system_identifier"] = "-1".into()),
+        ),
+        (
+            "numeric system identifier",
+            Box::new(|v| v["system_identifier"] = SYSID.into()),
+        ),
+        ("unknown field", Box::new(|v| v["comment"] = "x".into())),
+        (
+            "unknown entry field",
+            Box::new(|v| v["principals"][0]["comment"] = "x".into()),
+        ),
+        (
+            "unknown key field",
+            Box::new(|v| v["principals"][1]["data_keys"][0]["x"] = 1.into()),
+        ),
+        (
+            "missing field",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("cluster_salt");
+            }),
+        ),
+        (
+            "wrong format name",
+            Box::new(|v| v["format"] = "tde-keyring2".into()),
+        ),
+        (
+            "fractional version",
+            Box::new(|v| v["version"] = 1.0.into()),
+        ),
+        (
+            "not an object",
+            Box::new(|v| *v = serde_json::json!([1, 2, 3])),
+        ),
+    ];
+    for (name, edit) in cases {
+        let mut v = base.clone();
+        edit(&mut v);
+        let r = KeyringFile::parse(v.to_string().as_bytes());
+        assert!(matches!(r, Err(Error::KeyringCorrupt(_))), "{name}: {r:?}");
+    }
+    let mut v = base.clone();
+    v["version"] = 2.into();
+    let r = KeyringFile::parse(v.to_string().as_bytes());
+    assert!(
+        matches!(
+            r,
+            Err(Error::KeyringVersion {
+                found: 2,
+                supported: 1
+            })
+        ),
+        "{r:?}"
+    );
+}
+
 /// A byte-level edit of the file text.
 #[derive(Clone, Debug)]
 enum ByteEdit {
@@ -128,6 +261,9 @@ enum ByteEdit {
     Insert(Index, u8),
     Delete(Index, usize),
     Duplicate(Index, usize),
+    /// Replace one hexadecimal digit of the text by another: keeps the file
+    /// well-formed, so it reaches the MAC check.
+    HexDigit(Index, u8),
 }
 
 /// Bytes likely to keep the text JSON-shaped.
@@ -136,11 +272,13 @@ const JSONISH: &[u8] = b" \n\t0123456789abcdefABCDEF\"{}[],:-+.eEnulltrsx\\";
 fn byte_edit() -> impl Strategy<Value = ByteEdit> {
     let byte = prop_oneof![any::<u8>(), prop::sample::select(JSONISH)];
     prop_oneof![
-        (any::<Index>(), 1u8..=255).prop_map(|(i, x)| ByteEdit::Flip(i, x)),
-        any::<Index>().prop_map(ByteEdit::Truncate),
-        (any::<Index>(), byte).prop_map(|(i, b)| ByteEdit::Insert(i, b)),
-        (any::<Index>(), 1usize..40).prop_map(|(i, n)| ByteEdit::Delete(i, n)),
-        (any::<Index>(), 1usize..40).prop_map(|(i, n)| ByteEdit::Duplicate(i, n)),
+        1 => (any::<Index>(), 1u8..=255).prop_map(|(i, x)| ByteEdit::Flip(i, x)),
+        1 => any::<Index>().prop_map(ByteEdit::Truncate),
+        1 => (any::<Index>(), byte).prop_map(|(i, b)| ByteEdit::Insert(i, b)),
+        1 => (any::<Index>(), 1usize..40).prop_map(|(i, n)| ByteEdit::Delete(i, n)),
+        1 => (any::<Index>(), 1usize..40).prop_map(|(i, n)| ByteEdit::Duplicate(i, n)),
+        4 => (any::<Index>(), prop::sample::select(&b"0123456789abcdefABCDEF"[..]))
+            .prop_map(|(i, d)| ByteEdit::HexDigit(i, d)),
     ]
 }
 
@@ -165,6 +303,14 @@ fn apply_byte_edit(bytes: &mut Vec<u8>, e: &ByteEdit) {
             let end = (i + n).min(bytes.len());
             let piece = bytes[i..end].to_vec();
             bytes.splice(i..i, piece);
+        }
+        ByteEdit::HexDigit(i, d) => {
+            let digits: Vec<usize> = (0..bytes.len())
+                .filter(|&n| bytes[n].is_ascii_hexdigit())
+                .collect();
+            if !digits.is_empty() {
+                bytes[digits[i.index(digits.len())]] = *d;
+            }
         }
     }
 }

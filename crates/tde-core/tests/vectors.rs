@@ -128,7 +128,11 @@ fn wrap_keys_known_answers() {
     assert_eq!(hex::encode(enc.as_bytes()), WRAP_ENC);
     assert_eq!(hex::encode(mac.as_bytes()), WRAP_MAC);
     assert_eq!(
-        hex::encode(hkdf32(&unhex::<32>(PK), &unhex::<16>(NONCE), b"tde/v1/wrap/mac")),
+        hex::encode(hkdf32(
+            &unhex::<32>(PK),
+            &unhex::<16>(NONCE),
+            b"tde/v1/wrap/mac"
+        )),
         WRAP_MAC
     );
 }
@@ -167,7 +171,10 @@ fn entry_mac_known_answer() {
         hex::encode(hmac_sha256(&unhex::<32>(WRAP_MAC), &[&input])),
         ENTRY_MAC
     );
-    assert_eq!(hex::encode(own_entry_mac_input(&fixed_file_json())), MAC_INPUT);
+    assert_eq!(
+        hex::encode(own_entry_mac_input(&fixed_file_json())),
+        MAC_INPUT
+    );
 }
 
 /// A keyring file assembled by hand from the vectors above.
@@ -335,7 +342,11 @@ fn recovered_keystream(plain: &[u8; PAGE_SIZE], enc: &[u8; PAGE_SIZE]) -> Vec<u8
 #[test]
 fn page_vector_a_main_fork_with_checksums() {
     let plain = heap_page(0x0000_0003_1234_5678, 0x0005);
-    assert_eq!(sha256_hex(&plain), A_PLAIN_SHA256, "test page builder changed");
+    assert_eq!(
+        sha256_hex(&plain),
+        A_PLAIN_SHA256,
+        "test page builder changed"
+    );
     let cipher = PageCipher::new(&vector_keyring());
     let src = plain;
     let mut enc = [0u8; PAGE_SIZE];
@@ -347,7 +358,9 @@ fn page_vector_a_main_fork_with_checksums() {
         checksums: true,
     };
     let out = cipher
-        .encrypt(&src, &mut enc, &params, || panic!("the page has a real LSN"))
+        .encrypt(&src, &mut enc, &params, || {
+            panic!("the page has a real LSN")
+        })
         .unwrap();
     assert_eq!(out, WriteOutcome::Encrypted);
     assert_eq!(src, plain, "encrypt must not modify its source");
@@ -391,7 +404,11 @@ fn page_vector_a_main_fork_with_checksums() {
 #[test]
 fn page_vector_b_init_fork_fake_lsn() {
     let plain = heap_page(0, 0x0002);
-    assert_eq!(sha256_hex(&plain), B_PLAIN_SHA256, "test page builder changed");
+    assert_eq!(
+        sha256_hex(&plain),
+        B_PLAIN_SHA256,
+        "test page builder changed"
+    );
     let cipher = PageCipher::new(&vector_keyring());
     let mut enc = [0u8; PAGE_SIZE];
     let params = WriteParams {
