@@ -94,6 +94,7 @@ MSG
     local rel file count
     rel="$(demo_psql -At -c "SELECT pg_relation_filepath('demo')")"
     file="$DATA/$rel"
+    as_postgres test -f "$file" || die "table file $file not found"
     count="$(as_postgres grep -c -a -F -- "$SECRET_MARKER" "$file" || true)"
     echo "SELECT pg_relation_filepath('demo');  -> $rel"
     echo "grep -c '$SECRET_MARKER' $file"

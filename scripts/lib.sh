@@ -30,15 +30,19 @@ as_root() {
 }
 
 # Run a command as the OS user that owns PostgreSQL servers.  initdb and
-# postgres refuse to run as root.
+# postgres refuse to run as root.  Runs from / because the caller's working
+# directory (a checkout in a private home) may be inaccessible to postgres.
 as_postgres() {
-    if [ "$(id -un)" = postgres ]; then
-        "$@"
-    elif [ "$(id -u)" -eq 0 ] && command -v runuser >/dev/null 2>&1; then
-        runuser -u postgres -- "$@"
-    else
-        sudo -u postgres -- "$@"
-    fi
+    (
+        cd /
+        if [ "$(id -un)" = postgres ]; then
+            exec "$@"
+        elif [ "$(id -u)" -eq 0 ] && command -v runuser >/dev/null 2>&1; then
+            exec runuser -u postgres -- "$@"
+        else
+            exec sudo -u postgres -- "$@"
+        fi
+    )
 }
 
 pg_bindir() { "$PG_CONFIG" --bindir; }

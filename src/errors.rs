@@ -35,6 +35,4 @@ fn sqlstate(e: &Error) -> PgSqlErrorCode {
 pub fn raise(context: &str, e: &Error) -> ! {
     let message = format!("tde: {context}: {e}");
     ereport!(ERROR, sqlstate(e), message);
-    #[allow(unreachable_code)]
-    loop {}
 }

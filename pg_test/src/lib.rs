@@ -18,13 +18,14 @@
 
 pub mod cluster;
 pub mod os;
+pub mod psql;
 pub mod scan;
-pub mod session;
+pub mod tde;
 pub mod testdir;
 
 pub use cluster::{Cluster, ClusterOptions, KeySource};
 pub use os::Output;
-pub use session::Session;
+pub use psql::Psql;
 pub use testdir::TestDir;
 
 /// A random marker string for one kind of data, e.g.

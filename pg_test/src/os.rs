@@ -109,6 +109,16 @@ fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
 /// Runs `cmd` to completion with `input` on its stdin, killing it and
 /// panicking when it takes longer than `timeout`.
 pub fn run(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
+    try_run(cmd, input, timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`run`], but returns an error instead of panicking when the command
+/// cannot be started or times out (for use in `Drop`).
+pub fn try_run(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, String> {
     let what = format!("{cmd:?}");
     cmd.stdin(if input.is_some() {
         Stdio::piped()
@@ -117,9 +127,7 @@ pub fn run(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
     let writer = input.map(|bytes| {
         let mut stdin = child.stdin.take().expect("piped stdin");
         let bytes = bytes.to_vec();
@@ -138,19 +146,19 @@ pub fn run(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("timed out after {timeout:?}: {what}");
+                return Err(format!("timed out after {timeout:?}: {what}"));
             }
-            Err(e) => panic!("waiting for {what}: {e}"),
+            Err(e) => return Err(format!("waiting for {what}: {e}")),
         }
     };
     if let Some(w) = writer {
         let _ = w.join();
     }
-    Output {
+    Ok(Output {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
-    }
+    })
 }
 
 /// Random bytes from the kernel, as lowercase hex.
@@ -207,7 +215,11 @@ pub fn children_of(parent: i32) -> Vec<i32> {
         return kids;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -257,4 +269,3 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
         thread::sleep(Duration::from_millis(20));
     }
 }
-
