@@ -39,3 +39,17 @@ pub fn marker(kind: &str) -> String {
 pub fn random_key_hex() -> String {
     os::random_hex(32)
 }
+
+/// A started cluster named `main` in `dir`: data checksums on, a fresh
+/// principal key file, `tde` preloaded and `CREATE EXTENSION tde` done.
+pub fn encrypted_cluster(dir: &TestDir) -> Cluster {
+    let key = dir.key_file("principal", &random_key_hex(), 0o600);
+    let c = Cluster::new(
+        dir,
+        "main",
+        ClusterOptions::with_key_file(&key).checksums(true),
+    );
+    c.start();
+    c.psql("CREATE EXTENSION tde");
+    c
+}

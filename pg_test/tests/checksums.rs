@@ -4,24 +4,17 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use pg_test::{random_key_hex, tde, Cluster, ClusterOptions, TestDir};
+use pg_test::{encrypted_cluster, tde, TestDir};
 
 const ROWS: i64 = 5000;
 
 #[test]
 fn pg_checksums_on_encrypted_cluster() {
     let dir = TestDir::new();
-    let key = dir.key_file("principal", &random_key_hex(), 0o600);
-    let c = Cluster::new(
-        &dir,
-        "main",
-        ClusterOptions::with_key_file(&key).checksums(true),
-    );
-    c.start();
+    let c = encrypted_cluster(&dir);
     assert_eq!(c.psql("SHOW data_checksums"), "on");
     c.psql(&format!(
-        "CREATE EXTENSION tde;
-         CREATE EXTENSION pageinspect;
+        "CREATE EXTENSION pageinspect;
          CREATE TABLE t(id int, v text);
          INSERT INTO t
            SELECT g, (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 6) i)

@@ -3,7 +3,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pg_test::{random_key_hex, tde, Cluster, ClusterOptions, TestDir};
+use pg_test::{encrypted_cluster, random_key_hex, tde, Cluster, ClusterOptions, TestDir};
 
 /// A digest of the table's full contents in primary-key order.
 const TABLE_DIGEST: &str =
@@ -108,14 +108,7 @@ fn pgbench_sums(c: &Cluster) -> [i64; 4] {
 fn crash_recovery_under_pgbench() {
     const SCALE: i64 = 5;
     let dir = TestDir::new();
-    let key = dir.key_file("principal", &random_key_hex(), 0o600);
-    let c = Cluster::new(
-        &dir,
-        "main",
-        ClusterOptions::with_key_file(&key).checksums(true),
-    );
-    c.start();
-    c.psql("CREATE EXTENSION tde");
+    let c = encrypted_cluster(&dir);
     let init = c.run_client(
         "pgbench",
         &["-i", "-q", "-s", &SCALE.to_string()],

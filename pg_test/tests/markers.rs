@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use pg_test::scan::{self, Hit};
-use pg_test::{marker, os, random_key_hex, tde, Cluster, ClusterOptions, TestDir};
+use pg_test::{encrypted_cluster, marker, os, tde, TestDir};
 
 const EXCLUDE: &[&str] = &["pg_wal"];
 
@@ -72,14 +72,7 @@ fn sequence_value() -> i64 {
 #[test]
 fn markers_never_on_disk() {
     let dir = TestDir::new();
-    let key = dir.key_file("principal", &random_key_hex(), 0o600);
-    let c = Cluster::new(
-        &dir,
-        "main",
-        ClusterOptions::with_key_file(&key).checksums(true),
-    );
-    c.start();
-    c.psql("CREATE EXTENSION tde");
+    let c = encrypted_cluster(&dir);
 
     let heap = marker("heap");
     let index = marker("index");

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use pg_test::{random_key_hex, tde, Cluster, ClusterOptions, TestDir};
+use pg_test::{encrypted_cluster, tde, TestDir};
 
 /// Relations created by the test, by name, with the forks that must hold
 /// at least one encrypted page.
@@ -29,16 +29,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
 #[test]
 fn all_relation_kinds_encrypted() {
     let dir = TestDir::new();
-    let key = dir.key_file("principal", &random_key_hex(), 0o600);
-    let c = Cluster::new(
-        &dir,
-        "main",
-        ClusterOptions::with_key_file(&key).checksums(true),
-    );
-    c.start();
+    let c = encrypted_cluster(&dir);
     c.psql(
-        "CREATE EXTENSION tde;
-         CREATE TABLE k_heap(id int PRIMARY KEY, t text, arr int[], p point, ts tsvector, big text);
+        "CREATE TABLE k_heap(id int PRIMARY KEY, t text, arr int[], p point, ts tsvector, big text);
          ALTER TABLE k_heap ALTER COLUMN big SET STORAGE EXTERNAL;
          INSERT INTO k_heap
            SELECT g, md5(g::text), ARRAY[g % 100, g % 7, g],
