@@ -25,7 +25,12 @@ fn sqlstate(e: &Error) -> PgSqlErrorCode {
         | Error::KeyringTampered { .. }
         | Error::ForeignKeyring { .. }
         | Error::UnknownGeneration { .. }
-        | Error::UnknownPageFormat { .. } => ERRCODE_DATA_CORRUPTED,
+        | Error::UnknownPageFormat { .. }
+        | Error::UnknownWalGeneration { .. }
+        | Error::UnexpectedWalPage { .. } => ERRCODE_DATA_CORRUPTED,
+        Error::InvalidWalSegmentSize(_)
+        | Error::ReservedGeneration
+        | Error::WalRangeMisaligned { .. } => ERRCODE_INTERNAL_ERROR,
         Error::UnexpectedPageHeader { .. } | Error::Random(_) => ERRCODE_INTERNAL_ERROR,
     }
 }

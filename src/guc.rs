@@ -10,6 +10,7 @@ pub static PRINCIPAL_KEY_FILE: GucSetting<Option<CString>> =
 pub static PRINCIPAL_KEY_COMMAND: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 pub static DATA_ENCRYPTION: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static WAL_ENCRYPTION: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -34,6 +35,14 @@ pub fn register() {
         c"Pages written while off are stored in plaintext; encrypted pages stay readable either way.",
         &DATA_ENCRYPTION,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"tde.wal_encryption",
+        c"Encrypt newly written WAL.",
+        c"Segments written while off are stored in plaintext; encrypted segments stay readable either way.",
+        &WAL_ENCRYPTION,
+        GucContext::Postmaster,
         GucFlags::default(),
     );
     // SAFETY: called from _PG_init in the postmaster, where defining and

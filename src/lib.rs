@@ -15,6 +15,7 @@ mod smgr_hooks;
 mod sql;
 mod startup;
 mod state;
+mod wal_hooks;
 
 pgrx::pg_module_magic!();
 
@@ -35,10 +36,10 @@ pub extern "C-unwind" fn _PG_init() {
         );
     }
     guc::register();
-    let loaded = startup::load_keys();
+    state::install(startup::load_keys());
     attach::attach_storage_manager();
+    attach::attach_wal_io();
     fake_lsn::init();
-    state::install(loaded);
     log!(
         "tde: data encryption active (data key generation {}, principal key {})",
         state::get().cipher_generation,

@@ -8,6 +8,8 @@ use tde_core::scan;
 
 use crate::{attach, guc, startup, state};
 
+// pgrx reads the column names from this signature, so it cannot be aliased.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn tde_status() -> TableIterator<
     'static,
@@ -17,6 +19,9 @@ fn tde_status() -> TableIterator<
         name!(principal_key_fingerprint, String),
         name!(data_key_generation, i32),
         name!(data_encryption, bool),
+        name!(wal_encryption, bool),
+        name!(wal_segment, Option<String>),
+        name!(wal_segment_salt, Option<String>),
     ),
 > {
     let st = state::get();
@@ -28,13 +33,55 @@ fn tde_status() -> TableIterator<
         let p = pg_sys::GetConfigOption(c"server_version".as_ptr(), false, false);
         std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
     };
+    let attach = match attach::wal_attached() {
+        Some(wal) => format!("{attach}; {wal}"),
+        None => attach,
+    };
+    let (segment, salt) = current_segment_salt();
     TableIterator::once((
         attach,
         version,
         st.fingerprint.clone(),
         st.cipher_generation as i32,
         guc::DATA_ENCRYPTION.get(),
+        guc::WAL_ENCRYPTION.get(),
+        segment,
+        salt,
     ))
+}
+
+/// The WAL segment being written and the salt of its most recently flushed
+/// page as stored on disk (NULL while that page is plaintext).
+fn current_segment_salt() -> (Option<String>, Option<String>) {
+    // SAFETY: plain calls into xlog.c that are valid in any backend.
+    let (lsn, tli, size) = unsafe {
+        if pg_sys::RecoveryInProgress() {
+            return (None, None);
+        }
+        let mut tli: pg_sys::TimeLineID = 0;
+        let lsn = pg_sys::GetFlushRecPtr(&mut tli);
+        (lsn.saturating_sub(1), tli, pg_sys::wal_segment_size as u64)
+    };
+    let page_size = tde_core::wal::WAL_PAGE_SIZE as u64;
+    let segno = lsn / size;
+    let per_log = 0x1_0000_0000 / size;
+    let name = format!("{tli:08X}{:08X}{:08X}", segno / per_log, segno % per_log);
+    let path = startup::data_dir().join("pg_wal").join(&name);
+    let mut page = [0u8; tde_core::wal::WAL_PAGE_SIZE];
+    // std's file API calls libc directly, so this reads the bytes as stored.
+    let salt = std::fs::File::open(&path)
+        .and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            f.read_exact_at(&mut page, lsn % size / page_size * page_size)
+        })
+        .ok()
+        .and_then(|_| tde_core::wal::SegmentSalt::from_page(&page))
+        .map(|s| hex_string(&s.to_bytes()));
+    (Some(name), salt)
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 const FORKS: [(pg_sys::ForkNumber::Type, &str); 4] = [

@@ -3,7 +3,9 @@
 
 use std::sync::OnceLock;
 
+use pgrx::pg_sys;
 use tde_core::page::PageCipher;
+use tde_core::wal::WalCipher;
 
 use crate::startup::Loaded;
 
@@ -12,6 +14,8 @@ pub struct State {
     /// Data key generation used for new page writes.
     pub cipher_generation: u8,
     pub fingerprint: String,
+    /// Template for each process's WAL cipher (which caches segment keys).
+    pub wal: WalCipher,
 }
 
 static STATE: OnceLock<State> = OnceLock::new();
@@ -21,6 +25,10 @@ pub fn install(loaded: Loaded) {
         cipher: PageCipher::new(&loaded.keyring),
         cipher_generation: loaded.keyring.current_generation(),
         fingerprint: loaded.keyring.opened_with.clone(),
+        // SAFETY: plain read of a global the postmaster set from pg_control
+        // before loading preload libraries.
+        wal: WalCipher::new(&loaded.keyring, unsafe { pg_sys::wal_segment_size } as u32)
+            .unwrap_or_else(|e| crate::errors::raise("cannot set up WAL encryption", &e)),
     };
     // The keyring (and its data keys) is dropped and wiped here; only the
     // expanded page keys remain.

@@ -6,6 +6,7 @@
 //!
 //! Everything PostgreSQL-version-specific lives in this module.
 
+mod got;
 mod relro;
 mod table;
 
@@ -14,7 +15,7 @@ use std::sync::OnceLock;
 
 use pgrx::prelude::*;
 
-use crate::smgr_hooks;
+use crate::{smgr_hooks, wal_hooks};
 pub use table::{locate, MdSymbols};
 
 /// Which server functions the dispatch table held, and where.
@@ -121,6 +122,67 @@ pub fn attach_storage_manager() {
             server_version()
         ),
     });
+}
+
+/// Rebinds the postgres executable's file I/O imports to the WAL wrappers,
+/// all of them or none: a missing required import refuses the start.
+pub fn attach_wal_io() {
+    let slots = got::import_slots().unwrap_or_else(|e| refuse(&e));
+    let mut plan = Vec::new();
+    for (name, wrapper, required) in wal_hooks::wrappers() {
+        match slots.get(name) {
+            Some(slot) => plan.push((name, slot.address, wrapper)),
+            None if required => refuse(&format!(
+                "the postgres executable does not import {name}() through its PLT"
+            )),
+            None => {}
+        }
+    }
+    for (name, address, wrapper) in &plan {
+        // SAFETY: the address is the executable's JUMP_SLOT for `name`, a
+        // word in its RELRO segment; the wrapper has the libc signature of
+        // `name`; no other process or thread exists yet.
+        if let Err(e) = unsafe { relro::patch_word(*address, *wrapper) } {
+            refuse(&format!("cannot rebind {name}(): {e}"));
+        }
+    }
+    wal_self_test();
+    let names: Vec<&str> = plan.iter().map(|(n, _, _)| *n).collect();
+    let _ = WAL_ATTACHED.set(format!("wal: file I/O rebound ({})", names.join(", ")));
+}
+
+static WAL_ATTACHED: OnceLock<String> = OnceLock::new();
+
+pub fn wal_attached() -> Option<&'static str> {
+    WAL_ATTACHED.get().map(String::as_str)
+}
+
+/// Opens a temporary WAL file through the server's own BasicOpenFile (so
+/// through its PLT) and checks that the wrapper saw it.
+fn wal_self_test() {
+    let path = c"pg_wal/xlogtemp.tde-self-test";
+    // SAFETY: BasicOpenFile with a static path; the descriptor is closed and
+    // the file removed below.
+    let fd = unsafe {
+        pg_sys::BasicOpenFile(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC)
+    };
+    if fd < 0 {
+        refuse(&format!(
+            "self-test cannot create {}: {}",
+            path.to_string_lossy(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    let seen = wal_hooks::is_tracked(fd);
+    // SAFETY: closing the descriptor opened above (through the wrapper, so
+    // its tracking entry goes too) and removing the file.
+    unsafe {
+        wal_hooks::tde_close(fd);
+        libc::unlink(path.as_ptr());
+    }
+    if !seen {
+        refuse("self-test failed: a WAL file opened through the server's open() was not seen by the wrapper");
+    }
 }
 
 pub const HIT_READ: u32 = 1;

@@ -58,48 +58,57 @@ pub unsafe fn words(region: &Region) -> &'static [usize] {
     unsafe { std::slice::from_raw_parts(start as *const usize, count) }
 }
 
-/// Stores `(word index, value)` pairs into the region, making the pages that
-/// hold them writable only for the duration, and verifies the stores.
+/// Stores `(word index, value)` pairs into the region (see [`patch_word`]).
 ///
 /// # Safety
-/// The indexes must lie inside `words(region)`, no other thread may run, and
-/// the values must be valid for whatever reads those words.
+/// The indexes must lie inside `words(region)`; see [`patch_word`].
 pub unsafe fn store_words(region: &Region, slots: &[(usize, usize)]) -> Result<(), String> {
     // SAFETY: per the caller's contract.
     let base = unsafe { words(region) }.as_ptr() as usize;
+    for &(index, value) in slots {
+        // SAFETY: per the caller's contract, the word lies in the region.
+        unsafe { patch_word(base + index * std::mem::size_of::<usize>(), value)? };
+    }
+    Ok(())
+}
+
+/// Stores `value` at `addr`, a word in read-only relocated data, making its
+/// page writable only for the duration, and verifies the store.
+///
+/// # Safety
+/// `addr` must be an aligned word of a mapped RELRO page, no other thread may
+/// run, and `value` must be valid for whatever reads that word.
+pub unsafe fn patch_word(addr: usize, value: usize) -> Result<(), String> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    for &(index, value) in slots {
-        let addr = base + index * std::mem::size_of::<usize>();
-        let page_start = addr & !(page - 1);
-        // SAFETY: page_start is a page of the mapped RELRO segment.
-        let rc = unsafe {
-            libc::mprotect(
-                page_start as *mut libc::c_void,
-                page,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        };
-        if rc != 0 {
-            return Err(format!(
-                "mprotect(PROT_WRITE) failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: addr is an aligned word inside the now writable page.
-        unsafe { std::ptr::write_volatile(addr as *mut usize, value) };
-        // SAFETY: as above, restoring read-only protection.
-        let rc = unsafe { libc::mprotect(page_start as *mut libc::c_void, page, libc::PROT_READ) };
-        if rc != 0 {
-            return Err(format!(
-                "mprotect(PROT_READ) failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: the page is readable again.
-        if unsafe { std::ptr::read_volatile(addr as *const usize) } != value {
-            return Err("a patched slot did not keep its new value".into());
-        }
+    let page_start = addr & !(page - 1);
+    // SAFETY: page_start is the mapped page holding addr.
+    let rc = unsafe {
+        libc::mprotect(
+            page_start as *mut libc::c_void,
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "mprotect(PROT_WRITE) failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: addr is an aligned word inside the now writable page.
+    unsafe { std::ptr::write_volatile(addr as *mut usize, value) };
+    // SAFETY: as above, restoring read-only protection.
+    let rc = unsafe { libc::mprotect(page_start as *mut libc::c_void, page, libc::PROT_READ) };
+    if rc != 0 {
+        return Err(format!(
+            "mprotect(PROT_READ) failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the page is readable again.
+    if unsafe { std::ptr::read_volatile(addr as *const usize) } != value {
+        return Err("a patched slot did not keep its new value".into());
     }
     Ok(())
 }

@@ -68,6 +68,26 @@ pub enum Error {
         flags: u16,
         size_version: u16,
     },
+    #[error("WAL segment size {0} is not valid: it must be a power of two from 1 MB to 1 GB")]
+    InvalidWalSegmentSize(u32),
+    #[error("data key generation 0 is reserved for \"not encrypted\"")]
+    ReservedGeneration,
+    #[error("WAL page at {} is encrypted with data key generation {generation}, which the keyring does not hold", lsn(*.pageaddr))]
+    UnknownWalGeneration { pageaddr: u64, generation: u8 },
+    #[error("WAL page at {} {detail}", lsn(*.pageaddr))]
+    UnexpectedWalPage { pageaddr: u64, detail: String },
+    #[error("WAL range at segment offset {offset} of {len} bytes is not made of whole {page_size}-byte pages inside one {segment_size}-byte segment")]
+    WalRangeMisaligned {
+        offset: u64,
+        len: usize,
+        page_size: usize,
+        segment_size: u32,
+    },
     #[error("operating system random number generator failed: {0}")]
     Random(String),
+}
+
+/// A WAL position the way PostgreSQL prints it (`%X/%X`).
+pub fn lsn(pos: u64) -> String {
+    format!("{:X}/{:X}", pos >> 32, pos as u32)
 }

@@ -2,7 +2,7 @@
 
 use hkdf::Hkdf;
 use sha2::Sha256;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::{Error, Result};
 
@@ -74,7 +74,7 @@ fn expand(ikm: &Key256, salt: &[u8], info: &[&[u8]]) -> Key256 {
     out
 }
 
-/// Page key for one fork kind: HKDF(DEK, cluster salt, "tde/v1/page/<fork>").
+/// Page key for one fork kind: `HKDF(DEK, cluster salt, "tde/v1/page/<fork>")`.
 /// Nothing here depends on relfilenode, database or tablespace, so copied
 /// files stay readable.
 pub fn page_key(dek: &Key256, cluster_salt: &[u8; 32], fork: ForkKind) -> Key256 {
@@ -83,6 +83,46 @@ pub fn page_key(dek: &Key256, cluster_salt: &[u8; 32], fork: ForkKind) -> Key256
         cluster_salt,
         &[b"tde/v1/page/", fork.name().as_bytes()],
     )
+}
+
+/// The two XTS-AES-256 keys of one WAL segment (DESIGN §4), as
+/// `(data key K1, tweak key K2)`:
+///
+/// ```text
+/// K1 ‖ K2 = HKDF-SHA256(ikm = DEK of the salt's generation, salt = cluster salt,
+///                       info = "tde/v1/wal" ‖ system_identifier (u64 LE)
+///                              ‖ timeline (u32 LE) ‖ segment number (u64 LE)
+///                              ‖ segment salt (4 bytes), 64 bytes)
+/// ```
+///
+/// The timeline is the page's own `xlp_tli` and the segment number is
+/// `xlp_pageaddr / segment size`, so every page names its own key.
+pub fn wal_keys(
+    dek: &Key256,
+    cluster_salt: &[u8; 32],
+    system_identifier: u64,
+    timeline: u32,
+    segment: u64,
+    segment_salt: &[u8; 4],
+) -> (Key256, Key256) {
+    let hk = Hkdf::<Sha256>::new(Some(cluster_salt), dek.as_bytes());
+    let mut okm = Zeroizing::new([0u8; 2 * KEY_LEN]);
+    hk.expand_multi_info(
+        &[
+            b"tde/v1/wal",
+            &system_identifier.to_le_bytes(),
+            &timeline.to_le_bytes(),
+            &segment.to_le_bytes(),
+            segment_salt,
+        ],
+        &mut okm[..],
+    )
+    .expect("64 bytes is a valid HKDF-SHA256 output length");
+    let mut k1 = Key256([0; KEY_LEN]);
+    let mut k2 = Key256([0; KEY_LEN]);
+    k1.0.copy_from_slice(&okm[..KEY_LEN]);
+    k2.0.copy_from_slice(&okm[KEY_LEN..]);
+    (k1, k2)
 }
 
 /// Keys protecting one wrapped copy of the data keys under a principal key:

@@ -2,9 +2,9 @@
 //!
 //! Everything that decides what bytes land on disk lives here: key material
 //! and its derivation, the keyring file format, the page transform and the
-//! PostgreSQL page checksum it must keep valid. The extension crate only
-//! adapts PostgreSQL's buffers and hooks to these functions, so every
-//! transform can be tested against in-memory pages.
+//! PostgreSQL page checksum it must keep valid, and the WAL page transform.
+//! The extension crate only adapts PostgreSQL's buffers and hooks to these
+//! functions, so every transform can be tested against in-memory pages.
 #![forbid(unsafe_code)]
 
 pub mod checksum;
@@ -17,5 +17,6 @@ pub mod page;
 pub mod principal;
 pub mod provider;
 pub mod scan;
+pub mod wal;
 
 pub use error::{Error, Result};

@@ -1,0 +1,187 @@
+//! `tdectl`: offline tools for tde clusters (the server need not run).
+//!
+//! ```text
+//! tdectl key generate FILE
+//! tdectl wal decrypt  (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
+//! tdectl wal encrypt  (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
+//! ```
+//!
+//! `wal decrypt` turns an encrypted WAL segment into the plaintext segment
+//! PostgreSQL wrote (for pg_waldump or a plaintext archive); `wal encrypt`
+//! does the reverse with a fresh segment salt under the newest data key.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tde_core::keyring::{Keyring, KeyringFile};
+use tde_core::provider::{KeyCommand, KeyFile, KeyProvider};
+use tde_core::wal::{SegmentSalt, WalCipher, WAL_PAGE_SIZE};
+
+const USAGE: &str = "usage:
+  tdectl key generate FILE
+  tdectl wal decrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
+  tdectl wal encrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tdectl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["key", "generate", file] => key_generate(file),
+        ["wal", "decrypt", rest @ ..] => wal_transform(rest, Direction::Decrypt),
+        ["wal", "encrypt", rest @ ..] => wal_transform(rest, Direction::Encrypt),
+        ["--help"] | ["-h"] | ["help"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!("unrecognized arguments\n{USAGE}")),
+    }
+}
+
+fn key_generate(file: &str) -> Result<(), String> {
+    let key = tde_core::kdf::Key256::random().map_err(|e| e.to_string())?;
+    let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| format!("cannot create \"{file}\": {e}"))?;
+    f.write_all(format!("{hex}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write \"{file}\": {e}"))?;
+    println!("wrote a new principal key to \"{file}\" (mode 0600)");
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Decrypt,
+    Encrypt,
+}
+
+struct Options {
+    keyring: PathBuf,
+    provider: Box<dyn KeyProvider>,
+    src: PathBuf,
+    dst: PathBuf,
+}
+
+fn parse_options(args: &[&str]) -> Result<Options, String> {
+    let (mut keyring, mut provider, mut positional) =
+        (None, None::<Box<dyn KeyProvider>>, Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .map(|v| v.to_string())
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        match *a {
+            "--pgdata" => keyring = Some(PathBuf::from(value()?).join("pg_tde/keyring.json")),
+            "--keyring" => keyring = Some(PathBuf::from(value()?)),
+            "--key-file" => {
+                provider = Some(Box::new(KeyFile {
+                    path: value()?.into(),
+                }))
+            }
+            "--key-command" => provider = Some(Box::new(KeyCommand { command: value()? })),
+            other if other.starts_with("--") => return Err(format!("unknown option {other}")),
+            other => positional.push(PathBuf::from(other)),
+        }
+    }
+    let [src, dst]: [PathBuf; 2] = positional
+        .try_into()
+        .map_err(|_| format!("expected SRC and DST\n{USAGE}"))?;
+    Ok(Options {
+        keyring: keyring.ok_or("--pgdata or --keyring is required")?,
+        provider: provider.ok_or("--key-file or --key-command is required")?,
+        src,
+        dst,
+    })
+}
+
+fn open_keyring(o: &Options) -> Result<Keyring, String> {
+    let bytes = std::fs::read(&o.keyring)
+        .map_err(|e| format!("cannot read keyring \"{}\": {e}", o.keyring.display()))?;
+    let principal = o.provider.fetch().map_err(|e| e.to_string())?;
+    KeyringFile::parse(&bytes)
+        .and_then(|f| f.open(&principal))
+        .map_err(|e| e.to_string())
+}
+
+/// The segment size recorded in the long header of a segment's first page.
+fn segment_size(first: &[u8]) -> Result<u32, String> {
+    let info = u16::from_le_bytes([first[2], first[3]]);
+    if info & 0x0002 == 0 {
+        return Err("the first page has no long header; is this a WAL segment?".into());
+    }
+    let size = u32::from_le_bytes(first[32..36].try_into().expect("4 bytes"));
+    if !size.is_power_of_two() || size < WAL_PAGE_SIZE as u32 {
+        return Err(format!("implausible segment size {size} in the first page"));
+    }
+    Ok(size)
+}
+
+fn wal_transform(args: &[&str], direction: Direction) -> Result<(), String> {
+    let o = parse_options(args)?;
+    let ring = open_keyring(&o)?;
+    let mut data =
+        std::fs::read(&o.src).map_err(|e| format!("cannot read \"{}\": {e}", o.src.display()))?;
+    if data.is_empty() || data.len() % WAL_PAGE_SIZE != 0 {
+        return Err(format!(
+            "\"{}\" is not a whole number of {WAL_PAGE_SIZE}-byte WAL pages",
+            o.src.display()
+        ));
+    }
+    let mut cipher =
+        WalCipher::new(&ring, segment_size(&data[..WAL_PAGE_SIZE])?).map_err(|e| e.to_string())?;
+    let salt = SegmentSalt::generate(ring.current_generation()).map_err(|e| e.to_string())?;
+    let mut changed = 0usize;
+    for (i, page) in data.chunks_exact_mut(WAL_PAGE_SIZE).enumerate() {
+        let page: &mut [u8; WAL_PAGE_SIZE] = page.try_into().expect("exact chunk");
+        let before = SegmentSalt::from_page(page).is_some();
+        let result = match direction {
+            Direction::Decrypt => cipher.decrypt_page(page).map(|_| before),
+            Direction::Encrypt if before || page.iter().all(|&b| b == 0) => Ok(false),
+            Direction::Encrypt => cipher.encrypt_page(page, salt).map(|_| true),
+        };
+        match result {
+            Ok(true) => changed += 1,
+            Ok(false) => {}
+            Err(e) => return Err(format!("page {i} of \"{}\": {e}", o.src.display())),
+        }
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&o.dst)
+        .map_err(|e| format!("cannot create \"{}\": {e}", o.dst.display()))?;
+    out.write_all(&data)
+        .and_then(|_| out.sync_all())
+        .map_err(|e| format!("cannot write \"{}\": {e}", o.dst.display()))?;
+    let verb = match direction {
+        Direction::Decrypt => "decrypted",
+        Direction::Encrypt => "encrypted",
+    };
+    println!(
+        "{verb} {changed} of {} pages: \"{}\" -> \"{}\"",
+        data.len() / WAL_PAGE_SIZE,
+        o.src.display(),
+        o.dst.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,568 @@
+//! WAL segment I/O (DESIGN §4): the postgres executable's imported
+//! open/close/read/write/pread/pwrite/pwritev are rebound to these wrappers.
+//! They track which descriptors are `pg_wal/` segment files and transform
+//! whole WAL pages on their way to and from disk; every other descriptor
+//! passes straight through.
+//!
+//! These run inside XLogWrite's critical section and in every process that
+//! does file I/O, so they never raise PostgreSQL errors, never panic across
+//! the boundary and keep `errno` meaningful: a failure is reported as EIO
+//! from the call itself.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use libc::{iovec, off_t, size_t, ssize_t};
+use pgrx::pg_sys;
+use tde_core::wal::{SegmentSalt, WalCipher, WalPageHeader, WAL_PAGE_SIZE};
+
+use crate::{guc, state};
+
+const PAGE: usize = WAL_PAGE_SIZE;
+
+/// What a tracked descriptor refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A segment file; the byte address of its first page.
+    Segment { start: u64 },
+    /// `xlogtemp.*` (a segment being created or copied) or `RECOVERYXLOG`.
+    Temp,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    kind: Kind,
+    /// Salt for new pages written through this descriptor, once known.
+    salt: Option<SegmentSalt>,
+}
+
+thread_local! {
+    static FDS: RefCell<Vec<Option<Tracked>>> = const { RefCell::new(Vec::new()) };
+    static CIPHER: RefCell<Option<WalCipher>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: errno is thread-local and always writable.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn errno() -> c_int {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn is_tracked(fd: c_int) -> bool {
+    tracked(fd).is_some()
+}
+
+fn tracked(fd: c_int) -> Option<Tracked> {
+    if fd < 0 {
+        return None;
+    }
+    FDS.with(|t| t.borrow().get(fd as usize).copied().flatten())
+}
+
+fn set_tracked(fd: c_int, value: Option<Tracked>) {
+    if fd < 0 {
+        return;
+    }
+    FDS.with(|t| {
+        let mut t = t.borrow_mut();
+        let i = fd as usize;
+        if value.is_some() && t.len() <= i {
+            t.resize(i + 1, None);
+        }
+        if let Some(slot) = t.get_mut(i) {
+            *slot = value;
+        }
+    });
+}
+
+fn segment_size() -> u64 {
+    // SAFETY: plain read of a global set from pg_control at start-up.
+    unsafe { pg_sys::wal_segment_size as u64 }
+}
+
+/// Classifies a path opened by the server. Paths are relative to the data
+/// directory (the server's working directory) or absolute under it.
+fn classify(path: &[u8]) -> Option<Kind> {
+    let rel = match path.strip_prefix(b"pg_wal/") {
+        Some(rel) => rel,
+        None if path.first() != Some(&b'/') => return None,
+        None => {
+            let data_dir = crate::startup::data_dir();
+            let mut prefix = data_dir.into_os_string().into_encoded_bytes();
+            prefix.extend_from_slice(b"/pg_wal/");
+            path.strip_prefix(prefix.as_slice())?
+        }
+    };
+    if rel.starts_with(b"xlogtemp.") || rel == b"RECOVERYXLOG" {
+        return Some(Kind::Temp);
+    }
+    let name = rel.strip_suffix(b".partial").unwrap_or(rel);
+    if name.len() != 24 || !name.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let hex = |r: std::ops::Range<usize>| {
+        u64::from_str_radix(std::str::from_utf8(&name[r]).ok()?, 16).ok()
+    };
+    let (log, seg) = (hex(8..16)?, hex(16..24)?);
+    let size = segment_size();
+    if size == 0 {
+        return None;
+    }
+    let segno = log * (0x1_0000_0000 / size) + seg;
+    Some(Kind::Segment {
+        start: segno * size,
+    })
+}
+
+/// Processes that must see WAL files as stored: the archiver (it copies
+/// segments, also through archive_library) and a walsender running
+/// BASE_BACKUP (it copies files).
+fn copies_files_as_stored() -> bool {
+    // SAFETY: plain reads of process globals; MyWalSnd is checked for NULL
+    // and points into shared memory owned by this walsender.
+    unsafe {
+        if pg_sys::MyBackendType == pg_sys::BackendType::B_ARCHIVER {
+            return true;
+        }
+        pg_sys::am_walsender
+            && !pg_sys::MyWalSnd.is_null()
+            && (*pg_sys::MyWalSnd).state == pg_sys::WalSndState::WALSNDSTATE_BACKUP
+    }
+}
+
+fn with_cipher<R>(f: impl FnOnce(&mut WalCipher) -> R) -> R {
+    CIPHER.with(|c| {
+        let mut c = c.borrow_mut();
+        let cipher = c.get_or_insert_with(|| state::get().wal.clone());
+        f(cipher)
+    })
+}
+
+fn page_magic_ok(page: &[u8]) -> bool {
+    u16::from_le_bytes([page[0], page[1]]) as u32 == pg_sys::XLOG_PAGE_MAGIC
+}
+
+fn segno(kind: Kind) -> Option<u64> {
+    match kind {
+        Kind::Segment { start } => Some(start / segment_size()),
+        Kind::Temp => None,
+    }
+}
+
+/// Decrypts the pages of `buf`, read at `offset` (page-aligned, whole pages)
+/// of a tracked file. In a segment file, pages left over from the file's
+/// previous life under another address are left alone.
+fn decrypt_read(kind: Kind, buf: &mut [u8], offset: u64) -> Result<(), ()> {
+    with_cipher(|c| match segno(kind) {
+        Some(segno) => c
+            .decrypt_range(buf, segno, offset)
+            .map(|_| ())
+            .map_err(|_| ()),
+        None => {
+            for page in buf.chunks_exact_mut(PAGE) {
+                let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
+                c.decrypt_page(page).map_err(|_| ())?;
+            }
+            Ok(())
+        }
+    })
+}
+
+/// Best-effort decryption of pages about to be partly overwritten: a page
+/// that cannot be decrypted (a header still being received, a leftover of a
+/// recycled file) stays as stored, opaque.
+fn decrypt_for_merge(buf: &mut [u8]) {
+    with_cipher(|c| {
+        for page in buf.chunks_exact_mut(PAGE) {
+            let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
+            let mut copy = *page;
+            if c.decrypt_page(&mut copy).is_ok() {
+                *page = copy;
+            }
+        }
+    })
+}
+
+/// Encrypts each page of `buf` (written at `offset`) that is a complete
+/// plaintext WAL page as the server writes it: right magic, zero padding
+/// and, in a segment file, the address of its position. Anything else (all
+/// zeros, a page whose header is still incomplete) is written as it is.
+fn encrypt_write(kind: Kind, buf: &mut [u8], offset: u64, salt: SegmentSalt) -> Result<(), ()> {
+    let base = match kind {
+        Kind::Segment { start } => Some(start + offset),
+        Kind::Temp => None,
+    };
+    with_cipher(|c| {
+        for (i, page) in buf.chunks_exact_mut(PAGE).enumerate() {
+            let Some(h) = WalPageHeader::parse(page) else {
+                continue;
+            };
+            let at = base.map(|b| b + (i * PAGE) as u64);
+            if !page_magic_ok(page) || page[20..24] != [0; 4] || at.is_some_and(|a| a != h.pageaddr)
+            {
+                continue;
+            }
+            let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
+            c.encrypt_page(page, salt).map_err(|_| ())?;
+        }
+        Ok(())
+    })
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` unless the file ends first;
+/// returns the count read.
+fn pread_full(fd: c_int, buf: &mut [u8], offset: u64) -> Result<usize, c_int> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the destination range lies inside `buf`.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                buf[done..].as_mut_ptr().cast(),
+                buf.len() - done,
+                (offset + done as u64) as off_t,
+            )
+        };
+        match n {
+            0 => break,
+            n if n < 0 => {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                return Err(errno());
+            }
+            n => done += n as usize,
+        }
+    }
+    Ok(done)
+}
+
+fn pwrite_full(fd: c_int, buf: &[u8], offset: u64) -> Result<(), c_int> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the source range lies inside `buf`.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                buf[done..].as_ptr().cast(),
+                buf.len() - done,
+                (offset + done as u64) as off_t,
+            )
+        };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return Err(errno());
+        }
+        if n == 0 {
+            return Err(libc::ENOSPC);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// The salt for new pages of this descriptor: the segment's existing salt if
+/// its first page already belongs to this segment, else a fresh one.
+fn salt_for(fd: c_int, t: Tracked) -> Result<SegmentSalt, c_int> {
+    if let Some(salt) = t.salt {
+        return Ok(salt);
+    }
+    let generation = state::get().cipher_generation;
+    let mut salt = None;
+    if let Kind::Segment { start } = t.kind {
+        let mut first = [0u8; PAGE];
+        if pread_full(fd, &mut first, 0)? == PAGE && page_magic_ok(&first) {
+            let addr = u64::from_le_bytes(first[8..16].try_into().expect("8 bytes"));
+            if addr == start {
+                salt = SegmentSalt::from_page(&first);
+            }
+        }
+    }
+    let salt = match salt {
+        Some(s) => s,
+        None => SegmentSalt::generate(generation).map_err(|_| libc::EIO)?,
+    };
+    set_tracked(
+        fd,
+        Some(Tracked {
+            salt: Some(salt),
+            ..t
+        }),
+    );
+    Ok(salt)
+}
+
+/// Reads `count` bytes at `offset` of a tracked descriptor into `dst`,
+/// decrypted.
+fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64) -> ssize_t {
+    let aligned = offset.is_multiple_of(PAGE as u64) && count.is_multiple_of(PAGE);
+    if aligned {
+        // SAFETY: the caller's buffer holds `count` bytes.
+        let n = unsafe { libc::pread(fd, dst.cast(), count, offset as off_t) };
+        if n > 0 {
+            let e = errno();
+            // SAFETY: `n` bytes of the caller's buffer were just filled.
+            let buf = unsafe { std::slice::from_raw_parts_mut(dst, n as usize) };
+            let whole = n as usize - n as usize % PAGE;
+            if decrypt_read(kind, &mut buf[..whole], offset).is_err() {
+                set_errno(libc::EIO);
+                return -1;
+            }
+            set_errno(e);
+        }
+        return n;
+    }
+    let start = offset - offset % PAGE as u64;
+    let end = (offset + count as u64).div_ceil(PAGE as u64) * PAGE as u64;
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        s.resize((end - start) as usize, 0);
+        let got = match pread_full(fd, &mut s[..], start) {
+            Ok(n) => n,
+            Err(e) => {
+                set_errno(e);
+                return -1;
+            }
+        };
+        let whole = got - got % PAGE;
+        if decrypt_read(kind, &mut s[..whole], start).is_err() {
+            set_errno(libc::EIO);
+            return -1;
+        }
+        let skip = (offset - start) as usize;
+        let n = got.saturating_sub(skip).min(count);
+        // SAFETY: `n <= count` bytes into the caller's buffer.
+        unsafe { std::ptr::copy_nonoverlapping(s[skip..].as_ptr(), dst, n) };
+        n as ssize_t
+    })
+}
+
+/// Writes `src` at `offset` of a tracked descriptor, encrypting whole pages;
+/// pages only partly covered are read, decrypted, merged and rewritten.
+fn tracked_pwrite(fd: c_int, t: Tracked, src: &[u8], offset: u64) -> ssize_t {
+    let result = (|| -> Result<(), c_int> {
+        let start = offset - offset % PAGE as u64;
+        let end = (offset + src.len() as u64).div_ceil(PAGE as u64) * PAGE as u64;
+        let encrypt = guc::WAL_ENCRYPTION.get();
+        let salt = if encrypt {
+            Some(salt_for(fd, t)?)
+        } else {
+            None
+        };
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let len = (end - start) as usize;
+            s.clear();
+            s.resize(len, 0);
+            let head = (offset - start) as usize;
+            let tail = len - head - src.len();
+            if head != 0 {
+                pread_full(fd, &mut s[..PAGE], start)?;
+            }
+            if tail != 0 && (len > PAGE || head == 0) {
+                pread_full(fd, &mut s[len - PAGE..], end - PAGE as u64)?;
+            }
+            if head != 0 || tail != 0 {
+                decrypt_for_merge(&mut s[..]);
+            }
+            s[head..head + src.len()].copy_from_slice(src);
+            if let Some(salt) = salt {
+                encrypt_write(t.kind, &mut s[..], start, salt).map_err(|_| libc::EIO)?;
+            }
+            pwrite_full(fd, &s[..], start)
+        })
+    })();
+    match result {
+        Ok(()) => src.len() as ssize_t,
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+    }
+}
+
+fn current_offset(fd: c_int) -> Option<u64> {
+    // SAFETY: lseek on a descriptor the caller passed us.
+    let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+    (pos >= 0).then_some(pos as u64)
+}
+
+fn advance(fd: c_int, to: u64) {
+    // SAFETY: as above.
+    unsafe { libc::lseek(fd, to as off_t, libc::SEEK_SET) };
+}
+
+/// Runs a wrapper body; a panic (a bug) becomes EIO instead of unwinding
+/// into C.
+fn guarded(f: impl FnOnce() -> ssize_t) -> ssize_t {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        set_errno(libc::EIO);
+        -1
+    })
+}
+
+pub unsafe extern "C" fn tde_open(path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
+    // SAFETY: same arguments as the server passed; the mode is only read by
+    // libc when O_CREAT or O_TMPFILE is set, as with a direct call.
+    let fd = unsafe { libc::open(path, flags, mode as libc::c_uint) };
+    if fd >= 0 && !path.is_null() {
+        let e = errno();
+        // SAFETY: the server passes a NUL-terminated path.
+        let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+        let kind = std::panic::catch_unwind(|| {
+            if copies_files_as_stored() {
+                None
+            } else {
+                classify(p)
+            }
+        })
+        .ok()
+        .flatten();
+        set_tracked(fd, kind.map(|kind| Tracked { kind, salt: None }));
+        set_errno(e);
+    }
+    fd
+}
+
+pub unsafe extern "C" fn tde_close(fd: c_int) -> c_int {
+    if tracked(fd).is_some() {
+        set_tracked(fd, None);
+    }
+    // SAFETY: forwarding the server's descriptor.
+    unsafe { libc::close(fd) }
+}
+
+pub unsafe extern "C" fn tde_pread(
+    fd: c_int,
+    buf: *mut c_void,
+    count: size_t,
+    offset: off_t,
+) -> ssize_t {
+    let t = match tracked(fd) {
+        Some(t) if offset >= 0 => t,
+        // SAFETY: forwarding the server's arguments.
+        _ => return unsafe { libc::pread(fd, buf, count, offset) },
+    };
+    guarded(|| tracked_pread(fd, t.kind, buf.cast(), count, offset as u64))
+}
+
+pub unsafe extern "C" fn tde_read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    let (t, pos) = match tracked(fd).zip(current_offset(fd)) {
+        Some(found) => found,
+        // SAFETY: forwarding the server's arguments.
+        None => return unsafe { libc::read(fd, buf, count) },
+    };
+    let n = guarded(|| tracked_pread(fd, t.kind, buf.cast(), count, pos));
+    if n > 0 {
+        advance(fd, pos + n as u64);
+    }
+    n
+}
+
+pub unsafe extern "C" fn tde_read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: size_t,
+    buflen: size_t,
+) -> ssize_t {
+    if count > buflen {
+        // The fortified read's contract: abort on a buffer overflow.
+        std::process::abort();
+    }
+    // SAFETY: same contract as read.
+    unsafe { tde_read(fd, buf, count) }
+}
+
+pub unsafe extern "C" fn tde_pwrite(
+    fd: c_int,
+    buf: *const c_void,
+    count: size_t,
+    offset: off_t,
+) -> ssize_t {
+    match tracked(fd) {
+        Some(t) if offset >= 0 && count > 0 => {
+            // SAFETY: the server's buffer holds `count` bytes.
+            let src = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), count) };
+            guarded(|| tracked_pwrite(fd, t, src, offset as u64))
+        }
+        // SAFETY: forwarding the server's arguments.
+        _ => unsafe { libc::pwrite(fd, buf, count, offset) },
+    }
+}
+
+pub unsafe extern "C" fn tde_write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    let (t, pos) = match tracked(fd).zip(current_offset(fd)) {
+        Some(found) if count > 0 => found,
+        // SAFETY: forwarding the server's arguments.
+        _ => return unsafe { libc::write(fd, buf, count) },
+    };
+    // SAFETY: the server's buffer holds `count` bytes.
+    let src = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), count) };
+    let n = guarded(|| tracked_pwrite(fd, t, src, pos));
+    if n > 0 {
+        advance(fd, pos + n as u64);
+    }
+    n
+}
+
+pub unsafe extern "C" fn tde_pwritev(
+    fd: c_int,
+    iov: *const iovec,
+    iovcnt: c_int,
+    offset: off_t,
+) -> ssize_t {
+    let t = match tracked(fd) {
+        Some(t) if offset >= 0 && iovcnt > 0 => t,
+        // SAFETY: forwarding the server's arguments.
+        _ => return unsafe { libc::pwritev(fd, iov, iovcnt, offset) },
+    };
+    // SAFETY: the server passes `iovcnt` valid iovecs.
+    let parts = unsafe { std::slice::from_raw_parts(iov, iovcnt as usize) };
+    let mut joined = Vec::with_capacity(parts.iter().map(|v| v.iov_len).sum());
+    for v in parts {
+        // SAFETY: each iovec describes a readable buffer of iov_len bytes.
+        joined.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len)
+        });
+    }
+    if joined.is_empty() {
+        return 0;
+    }
+    guarded(|| tracked_pwrite(fd, t, &joined, offset as u64))
+}
+
+/// (imported symbol, wrapper, required) for the attach layer.
+pub fn wrappers() -> [(&'static str, usize, bool); 8] {
+    type Open = unsafe extern "C" fn(*const c_char, c_int, libc::mode_t) -> c_int;
+    type Close = unsafe extern "C" fn(c_int) -> c_int;
+    type Pread = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_t;
+    type Read = unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t;
+    type ReadChk = unsafe extern "C" fn(c_int, *mut c_void, size_t, size_t) -> ssize_t;
+    type Pwrite = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
+    type Write = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
+    type Pwritev = unsafe extern "C" fn(c_int, *const iovec, c_int, off_t) -> ssize_t;
+    [
+        ("open", tde_open as Open as *const () as usize, true),
+        ("close", tde_close as Close as *const () as usize, true),
+        ("read", tde_read as Read as *const () as usize, true),
+        ("write", tde_write as Write as *const () as usize, true),
+        ("pread", tde_pread as Pread as *const () as usize, true),
+        ("pwrite", tde_pwrite as Pwrite as *const () as usize, true),
+        (
+            "pwritev",
+            tde_pwritev as Pwritev as *const () as usize,
+            false,
+        ),
+        (
+            "__read_chk",
+            tde_read_chk as ReadChk as *const () as usize,
+            false,
+        ),
+    ]
+}
