@@ -59,7 +59,8 @@ test-pg:
 	scripts/test-pg.sh
 
 test-cluster: install
-	$(CARGO) test -p pg_test -- --test-threads=1
+	$(CARGO) build --release -p tdectl
+	TDECTL=$(CURDIR)/target/release/tdectl $(CARGO) test -p pg_test -- --test-threads=1
 
 test-regress: install
 	scripts/regress.sh

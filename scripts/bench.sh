@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks, each reported as a ratio measured in this one run:
 #   1. page transform throughput vs `openssl speed -evp aes-256-ctr` (8 KiB)
-#   2. pgbench TPS on a cluster with tde vs an identical cluster without it
+#   2. WAL transform throughput vs `openssl speed -evp aes-256-xts` (8 KiB)
+#   3. pgbench TPS on a cluster with tde vs an identical cluster without it
+#   4. pgbench TPS with tde.wal_encryption on vs off
 # Environment: BENCH_SECONDS (pgbench run length, default 30),
 #              BENCH_SCALE (pgbench scale, default 30), PG_BIN.
 set -euo pipefail
@@ -23,6 +25,15 @@ ossl_k=$(openssl speed -evp aes-256-ctr -bytes 8192 -seconds 3 2>/dev/null | awk
 ossl=$(awk -v k="$ossl_k" 'BEGIN {printf "%.0f", k*1000}')
 echo "openssl_aes_256_ctr $ossl"
 echo "$ours" | awk -v o="$ossl" '{printf "ratio %-22s %.2f (%.2f GB/s vs openssl %.2f GB/s)\n", $1, $2/o, $2/1e9, o/1e9}'
+
+echo "== WAL transform vs OpenSSL (one core, 8 KiB pages)"
+cargo build --release -q -p tde-core --example wal_throughput
+wal=$(target/release/examples/wal_throughput 2 | grep -E '^wal_(encrypt|decrypt) ')
+echo "$wal"
+xts_k=$(openssl speed -evp aes-256-xts -bytes 8192 -seconds 3 2>/dev/null | awk 'tolower($1) == "aes-256-xts" {v=$NF} END {sub("k","",v); print v}')
+xts=$(awk -v k="$xts_k" 'BEGIN {printf "%.0f", k*1000}')
+echo "openssl_aes_256_xts $xts"
+echo "$wal" | awk -v o="$xts" '{printf "ratio %-22s %.2f (%.2f GB/s vs openssl %.2f GB/s)\n", $1, $2/o, $2/1e9, o/1e9}'
 
 echo "== pgbench: tde vs plain (scale $SCALE, ${SECONDS_PER_RUN}s per run, shared_buffers 32MB so pages cross the storage manager)"
 base=$(mktemp -d /var/tmp/tde-bench.XXXXXX)
@@ -67,3 +78,17 @@ for mode in select tpcb; do
         p = (p1 + p2) / 2; t = (t1 + t2) / 2;
         printf "pgbench %-6s plain %.0f tps, tde %.0f tps, ratio tde/plain %.3f\n", m, p, t, t / p }'
 done
+
+echo "== pgbench TPC-B-like: tde.wal_encryption on vs off (same tde cluster, restarted between)"
+walmode() {
+    sed -i '/^tde.wal_encryption/d' "$base/tde/postgresql.conf"
+    echo "tde.wal_encryption = $1" >> "$base/tde/postgresql.conf"
+    as_pg "$PG_BIN/pg_ctl" -D "$base/tde" -l "$base/tde.log" -w restart >/dev/null
+}
+walmode off; off1=$(tps 5592 tpcb)
+walmode on; on1=$(tps 5592 tpcb)
+walmode off; off2=$(tps 5592 tpcb)
+walmode on; on2=$(tps 5592 tpcb)
+awk -v a="$off1" -v b="$off2" -v c="$on1" -v d="$on2" 'BEGIN {
+    off = (a + b) / 2; on = (c + d) / 2;
+    printf "pgbench tpcb   wal_encryption off %.0f tps, on %.0f tps, ratio on/off %.3f\n", off, on, on / off }'

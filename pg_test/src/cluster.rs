@@ -34,6 +34,8 @@ pub struct ClusterOptions {
     pub key: KeySource,
     /// Whether `tde` is in `shared_preload_libraries`.
     pub preload: bool,
+    /// `initdb --wal-segsize` in MB (PostgreSQL's default, 16, when `None`).
+    pub wal_segment_size_mb: Option<u32>,
 }
 
 impl ClusterOptions {
@@ -43,11 +45,17 @@ impl ClusterOptions {
             checksums: false,
             key: KeySource::File(key_file.to_path_buf()),
             preload: true,
+            wal_segment_size_mb: None,
         }
     }
 
     pub fn checksums(mut self, on: bool) -> ClusterOptions {
         self.checksums = on;
+        self
+    }
+
+    pub fn wal_segment_size_mb(mut self, mb: u32) -> ClusterOptions {
+        self.wal_segment_size_mb = Some(mb);
         self
     }
 }
@@ -95,6 +103,7 @@ pub struct Cluster {
     data: PathBuf,
     log: PathBuf,
     port: u16,
+    key: KeySource,
     settings: RefCell<BTreeMap<String, String>>,
 }
 
@@ -121,6 +130,9 @@ impl Cluster {
         if opts.checksums {
             initdb.arg("--data-checksums");
         }
+        if let Some(mb) = opts.wal_segment_size_mb {
+            initdb.arg(format!("--wal-segsize={mb}"));
+        }
         let out = os::run(&mut initdb, None, COMMAND_TIMEOUT);
         assert!(out.success(), "initdb failed:\n{}", out.text());
 
@@ -132,6 +144,7 @@ impl Cluster {
             data,
             log,
             port,
+            key: opts.key.clone(),
             settings: RefCell::new(BTreeMap::new()),
         };
         {
@@ -176,6 +189,52 @@ impl Cluster {
         std::fs::write(&conf, text).expect("write postgresql.conf");
         cluster.write_settings();
         cluster
+    }
+
+    /// A new cluster `name` whose data directory is a base backup of the
+    /// running cluster `source`, taken with `pg_basebackup -D <data>
+    /// <args>` (e.g. `-X stream -R` for a standby, `-X none` for a backup
+    /// restored from a WAL archive). It keeps `source`'s settings and
+    /// principal key (the keyring is part of the copied data directory) and
+    /// gets a port of its own; it is not started.
+    pub fn from_base_backup(source: &Cluster, name: &str, args: &[&str]) -> Cluster {
+        let root = source.dir.subdir(name);
+        let data = root.join("data");
+        let mut cmd = source.client("pg_basebackup");
+        cmd.arg("-D").arg(&data).args(["-c", "fast", "--no-sync"]);
+        cmd.args(args);
+        let out = os::run(&mut cmd, None, COMMAND_TIMEOUT);
+        assert!(
+            out.success(),
+            "pg_basebackup of {} failed:\n{}",
+            source.name,
+            out.text()
+        );
+        let cluster = Cluster {
+            dir: source.dir.clone(),
+            name: name.to_string(),
+            log: root.join("server.log"),
+            root,
+            data,
+            port: next_port(source.dir.path()),
+            key: source.key.clone(),
+            settings: RefCell::new(source.settings.borrow().clone()),
+        };
+        cluster.set("port", &cluster.port.to_string());
+        cluster
+    }
+
+    /// The principal key file, when the key comes from a file.
+    pub fn key_file(&self) -> Option<&Path> {
+        match &self.key {
+            KeySource::File(path) | KeySource::Both(path, _) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The value of a parameter set by the tests, as written.
+    pub fn setting(&self, key: &str) -> Option<String> {
+        self.settings.borrow().get(key).cloned()
     }
 
     pub fn name(&self) -> &str {

@@ -22,6 +22,7 @@ pub mod psql;
 pub mod scan;
 pub mod tde;
 pub mod testdir;
+pub mod wal;
 
 pub use cluster::{Cluster, ClusterOptions, KeySource};
 pub use os::Output;

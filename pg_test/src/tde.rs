@@ -12,6 +12,12 @@ pub struct Status {
     pub principal_key_fingerprint: String,
     pub data_key_generation: i32,
     pub data_encryption: bool,
+    pub wal_encryption: bool,
+    /// The WAL segment being written (NULL in recovery).
+    pub wal_segment: Option<String>,
+    /// Salt of the most recently flushed WAL page as stored, in hex; `None`
+    /// when that page is plaintext (or in recovery).
+    pub wal_segment_salt: Option<String>,
 }
 
 /// Page counts of one fork, as `tde_relation_pages` reads them from disk.
@@ -32,16 +38,22 @@ fn int(s: &str, what: &str) -> i64 {
 /// `tde_status()`, which needs `CREATE EXTENSION tde` in database postgres.
 pub fn status(cluster: &Cluster) -> Status {
     let row = cluster.psql(
-        "SELECT attach, server_version, principal_key_fingerprint, data_key_generation, data_encryption FROM tde_status()",
+        "SELECT attach, server_version, principal_key_fingerprint, data_key_generation, data_encryption,
+                wal_encryption, coalesce(wal_segment, '<null>'), coalesce(wal_segment_salt, '<null>')
+         FROM tde_status()",
     );
     let cols: Vec<&str> = row.split('|').collect();
-    assert_eq!(cols.len(), 5, "tde_status() returned {row:?}");
+    assert_eq!(cols.len(), 8, "tde_status() returned {row:?}");
+    let nullable = |s: &str| (s != "<null>").then(|| s.to_string());
     Status {
         attach: cols[0].to_string(),
         server_version: cols[1].to_string(),
         principal_key_fingerprint: cols[2].to_string(),
         data_key_generation: int(cols[3], "data_key_generation") as i32,
         data_encryption: cols[4] == "t",
+        wal_encryption: cols[5] == "t",
+        wal_segment: nullable(cols[6]),
+        wal_segment_salt: nullable(cols[7]),
     }
 }
 

@@ -1,9 +1,9 @@
 //! No plaintext of any relation kind reaches the data directory.
 //!
-//! WAL (`pg_wal/`) is deliberately not scanned: WAL encryption is a
-//! separate feature (DESIGN §4) that does not exist yet, so the WAL still
-//! holds every marker in plaintext. Everything else in the data directory
-//! is scanned, every file, byte by byte.
+//! WAL (`pg_wal/`) is not scanned here: WAL encryption has its own
+//! tests, with a control cluster whose WAL is plaintext (`tests/wal.rs`).
+//! Everything else in the data directory is scanned, every file, byte by
+//! byte.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@ fn fresh(dir: &TestDir, key: KeySource) -> Cluster {
         checksums: false,
         key,
         preload: true,
+        wal_segment_size_mb: None,
     };
     Cluster::new(dir, "main", opts)
 }

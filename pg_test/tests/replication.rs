@@ -1,0 +1,188 @@
+//! A physical standby of an encrypted primary: streaming replication
+//! decrypts on the primary's side, the standby's walreceiver writes its own
+//! encrypted WAL, and the standby can be promoted.
+
+use std::time::Duration;
+
+use pg_test::scan;
+use pg_test::wal::{self, PAGE};
+use pg_test::{encrypted_cluster, marker, tde, Cluster, TestDir};
+
+fn markers_in_wal(c: &Cluster, markers: &[&str]) -> Vec<scan::Hit> {
+    let needles: Vec<&[u8]> = markers.iter().map(|m| m.as_bytes()).collect();
+    scan::find_in_tree(&c.data_dir().join("pg_wal"), &needles, &[])
+}
+
+#[test]
+fn standby_streams_encrypted_wal_and_promotes() {
+    let dir = TestDir::new();
+    let primary = encrypted_cluster(&dir);
+    primary.psql("CREATE TABLE r(id int PRIMARY KEY, v text)");
+
+    let standby = Cluster::from_base_backup(&primary, "standby", &["-X", "stream", "-R"]);
+    assert!(
+        standby.keyring_path().is_file(),
+        "the base backup has no keyring"
+    );
+    standby.start();
+    wal::wait_for(
+        Duration::from_secs(60),
+        || (standby.psql("SELECT status FROM pg_stat_wal_receiver") == "streaming").then_some(()),
+        || format!("standby not streaming:\n{}", standby.log_text()),
+    );
+
+    // A segment begun while the standby streams, so that the walreceiver
+    // creates it; enough rows to fill several pages of it.
+    primary.psql("SELECT pg_switch_wal()");
+    let since = wal::lsn(&primary, "SELECT pg_current_wal_insert_lsn()");
+    let m1 = marker("streamed");
+    let m2 = marker("streamed-message");
+    primary.psql(&format!(
+        "INSERT INTO r SELECT g, '{m1}-' || g FROM generate_series(1, 2000) g;
+         SELECT pg_logical_emit_message(true, 'tde-test', '{m2}');"
+    ));
+    let lsn = wal::lsn(&primary, "SELECT pg_current_wal_flush_lsn()");
+    wal::wait_replayed(&standby, lsn);
+    assert_eq!(
+        standby.psql(&format!("SELECT count(*) FROM r WHERE v LIKE '{m1}-%'")),
+        "2000",
+        "rows read on the standby"
+    );
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
+
+    let hits = markers_in_wal(&standby, &[&m1, &m2]);
+    assert!(hits.is_empty(), "markers in the standby's pg_wal: {hits:?}");
+    let hits = markers_in_wal(&primary, &[&m1, &m2]);
+    assert!(hits.is_empty(), "markers in the primary's pg_wal: {hits:?}");
+
+    // Both nodes hold the segment encrypted, each under its own salt, and
+    // both decrypt to the same WAL.
+    let seg_size = wal::segment_size(&primary);
+    let segment = wal::segment_name_before(1, lsn, seg_size);
+    let offset = wal::page_offset_before(lsn, seg_size) as usize;
+    assert!(
+        offset >= 4 * PAGE,
+        "the workload filled only {} pages",
+        offset / PAGE
+    );
+    let p_seg = wal::read(&primary.data_dir().join("pg_wal").join(&segment));
+    let s_seg = wal::read(&standby.data_dir().join("pg_wal").join(&segment));
+    let (p_salt, s_salt) = (
+        wal::page_salt(&p_seg[offset..offset + PAGE]),
+        wal::page_salt(&s_seg[offset..offset + PAGE]),
+    );
+    eprintln!(
+        "{segment} page {:#x}: primary salt {}, standby salt {}",
+        offset,
+        wal::hex(&p_salt),
+        wal::hex(&s_salt)
+    );
+    assert_ne!(p_salt, [0; 4], "primary's page is plaintext");
+    assert_ne!(s_salt, [0; 4], "standby's page is plaintext");
+    assert_ne!(
+        p_salt, s_salt,
+        "the standby wrote the segment with the primary's salt"
+    );
+    for (node, seg, salt) in [("primary", &p_seg, p_salt), ("standby", &s_seg, s_salt)] {
+        for i in 0..=offset / PAGE {
+            let page = &seg[i * PAGE..(i + 1) * PAGE];
+            assert_eq!(
+                wal::page_salt(page),
+                salt,
+                "{node}: page {i} of {segment} has another salt"
+            );
+        }
+    }
+    assert_ne!(
+        &p_seg[..offset],
+        &s_seg[..offset],
+        "identical ciphertext on both nodes"
+    );
+    let copies = dir.subdir("copies");
+    let mut plain = Vec::new();
+    for (node, c, seg) in [("primary", &primary, &p_seg), ("standby", &standby, &s_seg)] {
+        let src = copies.join(format!("{node}-{segment}"));
+        let dst = copies.join(format!("{node}-{segment}.plain"));
+        std::fs::write(&src, seg).expect("write copy");
+        wal::tdectl_wal_ok("decrypt", c, &src, &dst);
+        plain.push(wal::read(&dst));
+    }
+    assert!(
+        plain[0][..offset] == plain[1][..offset],
+        "the standby's {segment} decrypts to other WAL than the primary's"
+    );
+    assert!(
+        scan::find(&plain[1][..offset + PAGE], m1.as_bytes()).is_some(),
+        "control: the decrypted standby segment lacks the marker"
+    );
+
+    // A restart of the standby: the walreceiver resumes in the middle of
+    // the segment it has been writing, and keeps that segment's salt.
+    standby.restart();
+    primary.psql(&format!(
+        "INSERT INTO r SELECT g, '{m1}-' || g FROM generate_series(2001, 2200) g"
+    ));
+    let lsn2 = wal::lsn(&primary, "SELECT pg_current_wal_flush_lsn()");
+    wal::wait_replayed(&standby, lsn2);
+    assert_eq!(
+        wal::segment_name_before(1, lsn2, seg_size),
+        segment,
+        "the second batch spilled over the segment"
+    );
+    let s_seg = wal::read(&standby.data_dir().join("pg_wal").join(&segment));
+    let last = wal::page_offset_before(lsn2, seg_size) as usize;
+    for i in 0..=last / PAGE {
+        assert_eq!(
+            wal::page_salt(&s_seg[i * PAGE..(i + 1) * PAGE]),
+            s_salt,
+            "standby after restart: page {i} of {segment} has another salt"
+        );
+    }
+
+    // Promotion: the standby becomes a primary of its own.
+    assert_eq!(standby.psql("SELECT pg_promote()"), "t");
+    wal::wait_promoted(&standby);
+    let m3 = marker("promoted");
+    standby.psql(&format!(
+        "INSERT INTO r SELECT g, '{m3}-' || g FROM generate_series(2201, 2700) g"
+    ));
+    let status = tde::status(&standby);
+    assert!(
+        status.wal_encryption && status.wal_segment_salt.is_some(),
+        "promoted standby writes plaintext WAL: {status:?}"
+    );
+    primary.stop();
+    standby.restart();
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(
+        standby.psql(&format!(
+            "SELECT count(*) FILTER (WHERE v LIKE '{m1}-%') || '|' || count(*) FILTER (WHERE v LIKE '{m3}-%') FROM r"
+        )),
+        "2200|500",
+        "rows on the promoted standby after a restart"
+    );
+    standby.psql("CHECKPOINT");
+    // Every WAL page the standby wrote since it began streaming the new
+    // segment, before and after promotion (the new timeline's first
+    // segment is a copy of the old one's beginning), is encrypted.
+    let (pages, plain) = wal::plaintext_pages_since(&standby.data_dir().join("pg_wal"), since);
+    eprintln!(
+        "promoted standby: {pages} WAL pages since {} in {:?}",
+        wal::format_lsn(since),
+        wal::segment_files(&standby.data_dir().join("pg_wal"))
+            .iter()
+            .map(|f| f.file_name().expect("name").to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        pages > 0 && plain.is_empty(),
+        "standby: {pages} WAL pages since {}, plaintext (file, page): {plain:?}",
+        wal::format_lsn(since)
+    );
+    let hits = markers_in_wal(&standby, &[&m1, &m2, &m3]);
+    assert!(
+        hits.is_empty(),
+        "markers in the promoted standby's pg_wal: {hits:?}"
+    );
+    standby.stop();
+}
