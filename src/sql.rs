@@ -50,9 +50,12 @@ fn tde_status() -> TableIterator<
     ))
 }
 
-/// The WAL segment being written and the salt of its most recently flushed
-/// page as stored on disk (NULL while that page is plaintext).
+/// The WAL segment holding the flush position and the salt of the last page
+/// written to it, as stored on disk (NULL when that page is plaintext).
+/// After a segment switch the switched segment's tail was never written, so
+/// the search steps back to the last page that carries a header.
 fn current_segment_salt() -> (Option<String>, Option<String>) {
+    use std::os::unix::fs::FileExt;
     // SAFETY: plain calls into xlog.c that are valid in any backend.
     let (lsn, tli, size) = unsafe {
         if pg_sys::RecoveryInProgress() {
@@ -67,17 +70,28 @@ fn current_segment_salt() -> (Option<String>, Option<String>) {
     let per_log = 0x1_0000_0000 / size;
     let name = format!("{tli:08X}{:08X}{:08X}", segno / per_log, segno % per_log);
     let path = startup::data_dir().join("pg_wal").join(&name);
-    let mut page = [0u8; tde_core::wal::WAL_PAGE_SIZE];
     // std's file API calls libc directly, so this reads the bytes as stored.
-    let salt = std::fs::File::open(&path)
-        .and_then(|f| {
-            use std::os::unix::fs::FileExt;
-            f.read_exact_at(&mut page, lsn % size / page_size * page_size)
-        })
-        .ok()
-        .and_then(|_| tde_core::wal::SegmentSalt::from_page(&page))
-        .map(|s| hex_string(&s.to_bytes()));
-    (Some(name), salt)
+    let Ok(file) = std::fs::File::open(&path) else {
+        return (Some(name), None);
+    };
+    let mut page = [0u8; tde_core::wal::WAL_PAGE_SIZE];
+    let mut at = lsn % size / page_size * page_size;
+    loop {
+        if file.read_exact_at(&mut page, at).is_err() {
+            return (Some(name), None);
+        }
+        if tde_core::wal::WalPageHeader::parse(&page)
+            .is_some_and(|h| h.pageaddr == segno * size + at)
+        {
+            let salt =
+                tde_core::wal::SegmentSalt::from_page(&page).map(|s| hex_string(&s.to_bytes()));
+            return (Some(name), salt);
+        }
+        if at == 0 {
+            return (Some(name), None);
+        }
+        at -= page_size;
+    }
 }
 
 fn hex_string(bytes: &[u8]) -> String {

@@ -40,6 +40,22 @@ thread_local! {
     static FDS: RefCell<Vec<Option<Tracked>>> = const { RefCell::new(Vec::new()) };
     static CIPHER: RefCell<Option<WalCipher>> = const { RefCell::new(None) };
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+
+}
+
+/// Alignment that descriptors opened with O_DIRECT (`wal_sync_method =
+/// open_datasync`) demand of I/O buffers.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Runs `f` with a zeroed, `DIRECT_ALIGN`-aligned buffer of `len` bytes.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        s.clear();
+        s.resize(len + DIRECT_ALIGN, 0);
+        let off = s.as_ptr().align_offset(DIRECT_ALIGN);
+        f(&mut s[off..off + len])
+    })
 }
 
 fn set_errno(e: c_int) {
@@ -118,10 +134,15 @@ fn classify(path: &[u8]) -> Option<Kind> {
     })
 }
 
-/// Processes that must see WAL files as stored: the archiver (it copies
-/// segments, also through archive_library) and a walsender running
-/// BASE_BACKUP (it copies files).
-fn copies_files_as_stored() -> bool {
+/// Processes that must see WAL files as stored when they open them to read:
+/// the archiver (it copies segments, also through archive_library) and a
+/// walsender running BASE_BACKUP (it copies files). Both also write WAL now
+/// and then (a base backup switches segments and logs its end), and those
+/// writes are encrypted like any other.
+fn copies_files_as_stored(flags: c_int) -> bool {
+    if flags & libc::O_ACCMODE != libc::O_RDONLY {
+        return false;
+    }
     // SAFETY: plain reads of process globals; MyWalSnd is checked for NULL
     // and points into shared memory owned by this walsender.
     unsafe {
@@ -276,13 +297,15 @@ fn salt_for(fd: c_int, t: Tracked) -> Result<SegmentSalt, c_int> {
     let generation = state::get().cipher_generation;
     let mut salt = None;
     if let Kind::Segment { start } = t.kind {
-        let mut first = [0u8; PAGE];
-        if pread_full(fd, &mut first, 0)? == PAGE && page_magic_ok(&first) {
-            let addr = u64::from_le_bytes(first[8..16].try_into().expect("8 bytes"));
-            if addr == start {
-                salt = SegmentSalt::from_page(&first);
+        salt = with_scratch(PAGE, |first| -> Result<_, c_int> {
+            if pread_full(fd, first, 0)? == PAGE && page_magic_ok(first) {
+                let addr = u64::from_le_bytes(first[8..16].try_into().expect("8 bytes"));
+                if addr == start {
+                    return Ok(SegmentSalt::from_page(first));
+                }
             }
-        }
+            Ok(None)
+        })?;
     }
     let salt = match salt {
         Some(s) => s,
@@ -320,10 +343,8 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
     }
     let start = offset - offset % PAGE as u64;
     let end = (offset + count as u64).div_ceil(PAGE as u64) * PAGE as u64;
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        s.resize((end - start) as usize, 0);
-        let got = match pread_full(fd, &mut s[..], start) {
+    with_scratch((end - start) as usize, |s| {
+        let got = match pread_full(fd, s, start) {
             Ok(n) => n,
             Err(e) => {
                 set_errno(e);
@@ -355,11 +376,8 @@ fn tracked_pwrite(fd: c_int, t: Tracked, src: &[u8], offset: u64) -> ssize_t {
         } else {
             None
         };
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let len = (end - start) as usize;
-            s.clear();
-            s.resize(len, 0);
+        let len = (end - start) as usize;
+        with_scratch(len, |s| {
             let head = (offset - start) as usize;
             let tail = len - head - src.len();
             if head != 0 {
@@ -369,13 +387,13 @@ fn tracked_pwrite(fd: c_int, t: Tracked, src: &[u8], offset: u64) -> ssize_t {
                 pread_full(fd, &mut s[len - PAGE..], end - PAGE as u64)?;
             }
             if head != 0 || tail != 0 {
-                decrypt_for_merge(&mut s[..]);
+                decrypt_for_merge(s);
             }
             s[head..head + src.len()].copy_from_slice(src);
             if let Some(salt) = salt {
-                encrypt_write(t.kind, &mut s[..], start, salt).map_err(|_| libc::EIO)?;
+                encrypt_write(t.kind, s, start, salt).map_err(|_| libc::EIO)?;
             }
-            pwrite_full(fd, &s[..], start)
+            pwrite_full(fd, s, start)
         })
     })();
     match result {
@@ -416,7 +434,7 @@ pub unsafe extern "C" fn tde_open(path: *const c_char, flags: c_int, mode: libc:
         // SAFETY: the server passes a NUL-terminated path.
         let p = unsafe { CStr::from_ptr(path) }.to_bytes();
         let kind = std::panic::catch_unwind(|| {
-            if copies_files_as_stored() {
+            if copies_files_as_stored(flags) {
                 None
             } else {
                 classify(p)
