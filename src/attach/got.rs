@@ -7,7 +7,7 @@
 //! calling libc directly.
 
 use std::collections::HashMap;
-use std::ffi::{c_int, CStr};
+use std::ffi::CStr;
 
 const R_X86_64_JUMP_SLOT: u32 = 7;
 const DT_NULL: i64 = 0;
@@ -38,52 +38,14 @@ pub struct Slot {
     pub address: usize,
 }
 
-struct Dynamic {
-    base: usize,
-    dynamic: Option<(*const Elf64Dyn, usize)>,
-}
-
-unsafe extern "C" fn first_object_dynamic(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    data: *mut libc::c_void,
-) -> c_int {
-    // SAFETY: the loader passes a valid dl_phdr_info for the callback's
-    // duration; `data` points at the `Dynamic` owned by `import_slots`.
-    unsafe {
-        let info = &*info;
-        let out = &mut *(data as *mut Dynamic);
-        out.base = info.dlpi_addr as usize;
-        let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
-        for ph in phdrs {
-            if ph.p_type == libc::PT_DYNAMIC {
-                let addr = info.dlpi_addr as usize + ph.p_vaddr as usize;
-                let count = ph.p_memsz as usize / std::mem::size_of::<Elf64Dyn>();
-                out.dynamic = Some((addr as *const Elf64Dyn, count));
-            }
-        }
-    }
-    // The first object reported is the main program.
-    1
-}
-
 /// Every `R_X86_64_JUMP_SLOT` import of the main program, by symbol name.
 pub fn import_slots() -> Result<HashMap<String, Slot>, String> {
-    let mut found = Dynamic {
-        base: 0,
-        dynamic: None,
-    };
-    // SAFETY: the callback only writes through `data`, which points at
-    // `found` for the whole call.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(first_object_dynamic),
-            (&mut found as *mut Dynamic).cast(),
-        );
-    }
-    let (dynamic, count) = found
-        .dynamic
+    let program = super::relro::main_program()?;
+    let dynamic = program
+        .segment(libc::PT_DYNAMIC)
         .ok_or("the postgres executable has no dynamic section")?;
+    let count = dynamic.len / std::mem::size_of::<Elf64Dyn>();
+    let dynamic = dynamic.start as *const Elf64Dyn;
     // SAFETY: PT_DYNAMIC of the loaded main program: mapped and readable.
     let entries = unsafe { std::slice::from_raw_parts(dynamic, count) };
     let (mut jmprel, mut pltrelsz, mut symtab, mut strtab) = (0usize, 0usize, 0usize, 0usize);
@@ -103,7 +65,13 @@ pub fn import_slots() -> Result<HashMap<String, Slot>, String> {
     }
     // glibc relocates these d_ptr entries to absolute addresses in place;
     // other loaders leave them relative to the load base.
-    let absolute = |p: usize| if p < found.base { p + found.base } else { p };
+    let absolute = |p: usize| {
+        if p < program.base {
+            p + program.base
+        } else {
+            p
+        }
+    };
     let (jmprel, symtab, strtab) = (absolute(jmprel), absolute(symtab), absolute(strtab));
     let relocs = pltrelsz / std::mem::size_of::<Elf64Rela>();
     let mut slots = HashMap::new();
@@ -118,7 +86,7 @@ pub fn import_slots() -> Result<HashMap<String, Slot>, String> {
             }
             let sym = &*(symtab as *const libc::Elf64_Sym).add((rela.r_info >> 32) as usize);
             let name = CStr::from_ptr((strtab + sym.st_name as usize) as *const libc::c_char);
-            let address = found.base + rela.r_offset as usize;
+            let address = program.base + rela.r_offset as usize;
             slots.insert(name.to_string_lossy().into_owned(), Slot { address });
         }
     }

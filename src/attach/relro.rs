@@ -1,48 +1,80 @@
 //! The main program's read-only-after-relocation segment, and the narrowly
 //! scoped write access needed to patch a few words in it.
 
-use std::ffi::c_int;
-
 pub struct Region {
     pub start: usize,
     pub len: usize,
 }
 
-unsafe extern "C" fn first_object_relro(
+/// A loaded segment of the main program: type, address, size in memory.
+pub struct Segment {
+    pub kind: u32,
+    pub start: usize,
+    pub len: usize,
+}
+
+/// The main program's load base and segments, as the dynamic loader
+/// reports them.
+pub struct MainProgram {
+    pub base: usize,
+    pub segments: Vec<Segment>,
+}
+
+unsafe extern "C" fn first_object(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,
     data: *mut libc::c_void,
-) -> c_int {
+) -> std::ffi::c_int {
     // SAFETY: the loader passes a valid dl_phdr_info for the duration of the
-    // callback; `data` is the `Option<Region>` passed by main_program_relro.
+    // callback; `data` is the `Option<MainProgram>` passed by main_program.
     unsafe {
         let info = &*info;
-        let out = &mut *(data as *mut Option<Region>);
         let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
-        for ph in phdrs {
-            if ph.p_type == libc::PT_GNU_RELRO {
-                *out = Some(Region {
-                    start: info.dlpi_addr as usize + ph.p_vaddr as usize,
+        let base = info.dlpi_addr as usize;
+        *(data as *mut Option<MainProgram>) = Some(MainProgram {
+            base,
+            segments: phdrs
+                .iter()
+                .map(|ph| Segment {
+                    kind: ph.p_type,
+                    start: base + ph.p_vaddr as usize,
                     len: ph.p_memsz as usize,
-                });
-            }
-        }
+                })
+                .collect(),
+        });
     }
     // The first object reported is the main program; stop there.
     1
 }
 
-pub fn main_program_relro() -> Result<Region, String> {
-    let mut found: Option<Region> = None;
+pub fn main_program() -> Result<MainProgram, String> {
+    let mut found: Option<MainProgram> = None;
     // SAFETY: the callback only writes through `data`, which points at `found`
     // for the whole call.
     unsafe {
         libc::dl_iterate_phdr(
-            Some(first_object_relro),
-            (&mut found as *mut Option<Region>).cast(),
+            Some(first_object),
+            (&mut found as *mut Option<MainProgram>).cast(),
         );
     }
-    found.ok_or_else(|| "the postgres executable has no PT_GNU_RELRO segment".to_string())
+    found.ok_or_else(|| "the dynamic loader reports no main program".to_string())
+}
+
+impl MainProgram {
+    pub fn segment(&self, kind: u32) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.kind == kind)
+    }
+}
+
+pub fn main_program_relro() -> Result<Region, String> {
+    let program = main_program()?;
+    let relro = program
+        .segment(libc::PT_GNU_RELRO)
+        .ok_or("the postgres executable has no PT_GNU_RELRO segment")?;
+    Ok(Region {
+        start: relro.start,
+        len: relro.len,
+    })
 }
 
 /// The region as aligned machine words.

@@ -3,8 +3,10 @@
 //! Prints one line per measurement: `name bytes_per_second`. `make bench`
 //! compares these with `openssl speed -evp aes-256-ctr` in the same run.
 
+mod common;
+use common::{measure, seconds_arg};
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use tde_core::kdf::{ForkKind, Key256};
 use tde_core::keyring::Keyring;
@@ -25,29 +27,8 @@ fn sample_page() -> Box<[u8; PAGE_SIZE]> {
     p
 }
 
-fn measure(name: &str, seconds: f64, mut f: impl FnMut()) {
-    // Warm up caches and CPU frequency.
-    let warm = Instant::now();
-    while warm.elapsed() < Duration::from_millis(200) {
-        f();
-    }
-    let start = Instant::now();
-    let mut pages = 0u64;
-    while start.elapsed().as_secs_f64() < seconds {
-        for _ in 0..256 {
-            f();
-        }
-        pages += 256;
-    }
-    let rate = pages as f64 * PAGE_SIZE as f64 / start.elapsed().as_secs_f64();
-    println!("{name} {rate:.0}");
-}
-
 fn main() {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
+    let seconds = seconds_arg();
     let ring = Keyring::from_parts(1, [7; 32], [(1, Key256::from_bytes([9; 32]))]);
     let cipher = PageCipher::new(&ring);
     let src = sample_page();

@@ -5,8 +5,11 @@
 //! `xts_mode_reference_*` runs the `xts-mode` crate (one AES block at a
 //! time) on the same region, to show what the batched XTS buys.
 
+mod common;
+use common::{measure, seconds_arg};
+use std::time::Instant;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use aes::cipher::{array::Array, KeyInit};
 use aes::Aes256;
@@ -32,28 +35,8 @@ fn sample_page() -> Box<WalPage> {
     p
 }
 
-fn measure(name: &str, seconds: f64, mut f: impl FnMut()) {
-    let warm = Instant::now();
-    while warm.elapsed() < Duration::from_millis(200) {
-        f();
-    }
-    let start = Instant::now();
-    let mut pages = 0u64;
-    while start.elapsed().as_secs_f64() < seconds {
-        for _ in 0..256 {
-            f();
-        }
-        pages += 256;
-    }
-    let rate = pages as f64 * WAL_PAGE_SIZE as f64 / start.elapsed().as_secs_f64();
-    println!("{name} {rate:.0}");
-}
-
 fn main() {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
+    let seconds = seconds_arg();
     let ring = Keyring::from_parts(1, [7; 32], [(1, Key256::from_bytes([9; 32]))]);
     let mut cipher = WalCipher::new(&ring, SEGMENT_SIZE).unwrap();
     let salt = SegmentSalt::from_bytes([1, 0xAB, 0xCD, 0xEF]).unwrap();
