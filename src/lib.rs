@@ -89,6 +89,34 @@ mod tests {
     }
 
     #[pg_test]
+    fn verify_counts_the_new_table_as_encrypted() {
+        Spi::run("CREATE TABLE t_verify(id int, v text)").unwrap();
+        Spi::run("INSERT INTO t_verify SELECT g, md5(g::text) FROM generate_series(1, 3000) g")
+            .unwrap();
+        Spi::run("CHECKPOINT").unwrap();
+        let generations = Spi::get_one::<String>(
+            "SELECT generations FROM tde_relation_pages('t_verify') WHERE fork = 'main'",
+        )
+        .unwrap()
+        .unwrap();
+        let encrypted = Spi::get_one::<i64>(
+            "SELECT encrypted FROM tde_relation_pages('t_verify') WHERE fork = 'main'",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(generations, format!("{{\"1\": {encrypted}}}"));
+        let row = Spi::get_three::<i64, i64, String>(
+            "SELECT encrypted, checksum_failures, generations FROM tde_verify()",
+        )
+        .unwrap();
+        let (all_encrypted, failures, all_generations) =
+            (row.0.unwrap(), row.1.unwrap(), row.2.unwrap());
+        assert!(all_encrypted >= encrypted, "{all_encrypted} < {encrypted}");
+        assert_eq!(failures, 0);
+        assert!(all_generations.starts_with("{\"1\": "), "{all_generations}");
+    }
+
+    #[pg_test]
     fn data_reads_back_after_eviction() {
         Spi::run("CREATE TABLE t_back(id int primary key, v text)").unwrap();
         Spi::run("INSERT INTO t_back SELECT g, md5(g::text) FROM generate_series(1, 5000) g")

@@ -17,6 +17,7 @@ pub mod page;
 pub mod principal;
 pub mod provider;
 pub mod scan;
+pub mod verify;
 pub mod wal;
 
 pub use error::{Error, Result};

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! tdectl key generate FILE
+//! tdectl verify PGDATA [--data-checksums] [--json]
 //! tdectl wal decrypt  (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
 //! tdectl wal encrypt  (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
 //! ```
@@ -9,6 +10,9 @@
 //! `wal decrypt` turns an encrypted WAL segment into the plaintext segment
 //! PostgreSQL wrote (for pg_waldump or a plaintext archive); `wal encrypt`
 //! does the reverse with a fresh segment salt under the newest data key.
+//! `verify` scans every relation file of a stopped cluster and exits with 1
+//! when any page is plaintext or (with `--data-checksums`) fails its
+//! checksum.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -22,6 +26,7 @@ use tde_core::wal::{SegmentSalt, WalCipher, WAL_PAGE_SIZE};
 
 const USAGE: &str = "usage:
   tdectl key generate FILE
+  tdectl verify PGDATA [--data-checksums] [--json]
   tdectl wal decrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
   tdectl wal encrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST";
 
@@ -40,6 +45,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["key", "generate", file] => key_generate(file),
+        ["verify", rest @ ..] => verify(rest),
         ["wal", "decrypt", rest @ ..] => wal_transform(rest, Direction::Decrypt),
         ["wal", "encrypt", rest @ ..] => wal_transform(rest, Direction::Encrypt),
         ["--help"] | ["-h"] | ["help"] => {
@@ -47,6 +53,60 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         _ => Err(format!("unrecognized arguments\n{USAGE}")),
+    }
+}
+
+fn verify(args: &[&str]) -> Result<(), String> {
+    let (mut pgdata, mut checksums, mut json) = (None, false, false);
+    for a in args {
+        match *a {
+            "--data-checksums" => checksums = true,
+            "--json" => json = true,
+            other if other.starts_with("--") => return Err(format!("unknown option {other}")),
+            other if pgdata.is_none() => pgdata = Some(PathBuf::from(other)),
+            _ => return Err(format!("unrecognized arguments\n{USAGE}")),
+        }
+    }
+    let pgdata = pgdata.ok_or_else(|| format!("PGDATA is required\n{USAGE}"))?;
+    if !pgdata.join("PG_VERSION").is_file() {
+        return Err(format!(
+            "\"{}\" is not a PostgreSQL data directory",
+            pgdata.display()
+        ));
+    }
+    let report = tde_core::verify::verify_data_dir(&pgdata, checksums)
+        .map_err(|e| format!("cannot scan \"{}\": {e}", pgdata.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        println!("files:             {}", report.files);
+        println!("pages:             {}", report.pages);
+        println!("encrypted:         {}", report.encrypted);
+        for (generation, n) in &report.by_generation {
+            println!("  generation {generation:>3}:  {n}");
+        }
+        println!("plaintext:         {}", report.plaintext);
+        println!("empty:             {}", report.empty);
+        if checksums {
+            println!("checksum failures: {}", report.checksum_failures);
+        }
+        for (file, n) in &report.plaintext_files {
+            println!("plaintext pages in {}: {n}", file.display());
+        }
+        for (file, block) in &report.failed_pages {
+            println!("checksum failure: {} block {block}", file.display());
+        }
+    }
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} plaintext page(s), {} checksum failure(s)",
+            report.plaintext, report.checksum_failures
+        ))
     }
 }
 
