@@ -18,6 +18,7 @@ fn sqlstate(e: &Error) -> PgSqlErrorCode {
         | Error::KeyCommandFailed { .. }
         | Error::NoKeySource
         | Error::TwoKeySources => ERRCODE_CONFIG_FILE_ERROR,
+        Error::PrincipalKeyChange(_) => ERRCODE_INVALID_PARAMETER_VALUE,
         Error::WrongPrincipalKey { .. } => ERRCODE_INVALID_PASSWORD,
         Error::KeyringMissing { .. } => ERRCODE_UNDEFINED_FILE,
         Error::KeyringCorrupt(_)

@@ -11,6 +11,7 @@ mod attach;
 mod errors;
 mod fake_lsn;
 mod guc;
+mod rotation;
 mod smgr_hooks;
 mod sql;
 mod startup;
@@ -40,6 +41,7 @@ pub extern "C-unwind" fn _PG_init() {
     attach::attach_storage_manager();
     attach::attach_wal_io();
     fake_lsn::init();
+    rotation::init();
     log!(
         "tde: data encryption active (data key generation {}, principal key {})",
         state::get().cipher_generation,

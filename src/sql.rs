@@ -41,7 +41,7 @@ fn tde_status() -> TableIterator<
     TableIterator::once((
         attach,
         version,
-        st.fingerprint.clone(),
+        crate::rotation::current_fingerprint(),
         st.cipher_generation as i32,
         guc::DATA_ENCRYPTION.get(),
         guc::WAL_ENCRYPTION.get(),

@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 use pgrx::pg_sys;
+use tde_core::keyring::Keyring;
 use tde_core::page::PageCipher;
 use tde_core::wal::WalCipher;
 
@@ -13,7 +14,11 @@ pub struct State {
     pub cipher: PageCipher,
     /// Data key generation used for new page writes.
     pub cipher_generation: u8,
+    /// Fingerprint of the principal key the server started with.
     pub fingerprint: String,
+    /// The unwrapped keyring, to wrap the data keys under a new principal
+    /// key when it is rotated.
+    pub keyring: Keyring,
     /// Template for each process's WAL cipher (which caches segment keys).
     pub wal: WalCipher,
 }
@@ -29,10 +34,8 @@ pub fn install(loaded: Loaded) {
         // before loading preload libraries.
         wal: WalCipher::new(&loaded.keyring, unsafe { pg_sys::wal_segment_size } as u32)
             .unwrap_or_else(|e| crate::errors::raise("cannot set up WAL encryption", &e)),
+        keyring: loaded.keyring,
     };
-    // The keyring (and its data keys) is dropped and wiped here; only the
-    // expanded page keys remain.
-    drop(loaded);
     if STATE.set(state).is_err() {
         pgrx::error!("tde: initialized twice");
     }

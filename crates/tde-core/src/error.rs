@@ -55,6 +55,8 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("cannot change principal keys: {0}")]
+    PrincipalKeyChange(String),
     #[error("cannot read pg_control \"{path}\": {reason}")]
     ControlFile { path: PathBuf, reason: String },
 

@@ -380,6 +380,85 @@ impl KeyringFile {
         })
     }
 
+    /// A copy with one more principal key able to open it. `ring` must be
+    /// this file opened with a key it already holds.
+    pub fn with_principal_added(&self, ring: &Keyring, new: &PrincipalKey) -> Result<KeyringFile> {
+        self.check_same_keyring(ring)?;
+        let fingerprint = new.fingerprint();
+        if self.principals.iter().any(|p| p.fingerprint == fingerprint) {
+            return Err(Error::PrincipalKeyChange(format!(
+                "principal key {fingerprint} can already open this keyring"
+            )));
+        }
+        let mut out = self.clone();
+        out.principals.push(ring.seal_entry(new)?);
+        Ok(out)
+    }
+
+    /// A copy that principal key `fingerprint` no longer opens. The last
+    /// principal key cannot be removed.
+    pub fn with_principal_removed(&self, fingerprint: &str) -> Result<KeyringFile> {
+        if !self.principals.iter().any(|p| p.fingerprint == fingerprint) {
+            return Err(Error::PrincipalKeyChange(format!(
+                "principal key {fingerprint} is not in this keyring (it holds {})",
+                self.fingerprints().join(", ")
+            )));
+        }
+        if self.principals.len() == 1 {
+            return Err(Error::PrincipalKeyChange(format!(
+                "principal key {fingerprint} is the only one that opens this keyring; add another first"
+            )));
+        }
+        let mut out = self.clone();
+        out.principals.retain(|p| p.fingerprint != fingerprint);
+        Ok(out)
+    }
+
+    /// Rotation: `new` replaces principal key `old_fingerprint`, in place in
+    /// the list; other principal keys (e.g. recovery keys) stay.
+    pub fn with_principal_replaced(
+        &self,
+        ring: &Keyring,
+        old_fingerprint: &str,
+        new: &PrincipalKey,
+    ) -> Result<KeyringFile> {
+        self.check_same_keyring(ring)?;
+        let fingerprint = new.fingerprint();
+        if fingerprint == old_fingerprint {
+            return Err(Error::PrincipalKeyChange(
+                "the new principal key is the current one".into(),
+            ));
+        }
+        if self.principals.iter().any(|p| p.fingerprint == fingerprint) {
+            return Err(Error::PrincipalKeyChange(format!(
+                "principal key {fingerprint} can already open this keyring"
+            )));
+        }
+        let index = self
+            .principals
+            .iter()
+            .position(|p| p.fingerprint == old_fingerprint)
+            .ok_or_else(|| {
+                Error::PrincipalKeyChange(format!(
+                    "principal key {old_fingerprint} is not in this keyring (it holds {})",
+                    self.fingerprints().join(", ")
+                ))
+            })?;
+        let mut out = self.clone();
+        out.principals[index] = ring.seal_entry(new)?;
+        Ok(out)
+    }
+
+    fn check_same_keyring(&self, ring: &Keyring) -> Result<()> {
+        let salt = hex_array::<32>("cluster_salt", &self.cluster_salt)?;
+        if self.system_identifier()? != ring.system_identifier || salt != ring.cluster_salt {
+            return Err(Error::PrincipalKeyChange(
+                "the unwrapped keys belong to another keyring".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn to_json(&self) -> String {
         let mut s = serde_json::to_string_pretty(self).expect("keyring serializes");
         s.push('\n');
@@ -405,10 +484,13 @@ pub fn open_for_cluster(
 
 /// Writes `contents` to `path` atomically: temporary file, fsync, rename,
 /// fsync of the directory. A crash leaves either the old or the new file.
+/// A replaced file keeps its owner and group (so a keyring rewritten by an
+/// administrator as root stays readable by the server's OS user).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("json.tmp");
+    let owner = std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid()));
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -416,6 +498,9 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         f.write_all(contents)?;
         f.sync_all()?;
     }

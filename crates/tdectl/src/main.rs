@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! tdectl key generate FILE
+//! tdectl keyring show|rewrap|add-key|remove-key ...
 //! tdectl verify PGDATA [--data-checksums] [--json]
 //! tdectl wal decrypt  (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
 //! tdectl wal encrypt  (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
@@ -20,12 +21,17 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tde_core::keyring::{Keyring, KeyringFile};
+use tde_core::keyring::{write_atomic, Keyring, KeyringFile};
+use tde_core::principal::PrincipalKey;
 use tde_core::provider::{KeyCommand, KeyFile, KeyProvider};
 use tde_core::wal::{SegmentSalt, WalCipher, WAL_PAGE_SIZE};
 
 const USAGE: &str = "usage:
   tdectl key generate FILE
+  tdectl keyring show       (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD)
+  tdectl keyring rewrap     (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) (--new-key-file F | --new-key-command CMD)
+  tdectl keyring add-key    (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) (--new-key-file F | --new-key-command CMD)
+  tdectl keyring remove-key (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) --fingerprint FP
   tdectl verify PGDATA [--data-checksums] [--json]
   tdectl wal decrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
   tdectl wal encrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST";
@@ -46,6 +52,7 @@ fn run(args: &[String]) -> Result<(), String> {
     match words.as_slice() {
         ["key", "generate", file] => key_generate(file),
         ["verify", rest @ ..] => verify(rest),
+        ["keyring", rest @ ..] => keyring_command(rest),
         ["wal", "decrypt", rest @ ..] => wal_transform(rest, Direction::Decrypt),
         ["wal", "encrypt", rest @ ..] => wal_transform(rest, Direction::Encrypt),
         ["--help"] | ["-h"] | ["help"] => {
@@ -135,13 +142,19 @@ enum Direction {
 struct Options {
     keyring: PathBuf,
     provider: Box<dyn KeyProvider>,
-    src: PathBuf,
-    dst: PathBuf,
+    new_provider: Option<Box<dyn KeyProvider>>,
+    fingerprint: Option<String>,
+    positional: Vec<PathBuf>,
 }
 
 fn parse_options(args: &[&str]) -> Result<Options, String> {
-    let (mut keyring, mut provider, mut positional) =
-        (None, None::<Box<dyn KeyProvider>>, Vec::new());
+    let (mut keyring, mut provider, mut new_provider, mut fingerprint) = (
+        None,
+        None::<Box<dyn KeyProvider>>,
+        None::<Box<dyn KeyProvider>>,
+        None,
+    );
+    let mut positional = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -158,28 +171,88 @@ fn parse_options(args: &[&str]) -> Result<Options, String> {
                 }))
             }
             "--key-command" => provider = Some(Box::new(KeyCommand { command: value()? })),
+            "--new-key-file" => {
+                new_provider = Some(Box::new(KeyFile {
+                    path: value()?.into(),
+                }))
+            }
+            "--new-key-command" => new_provider = Some(Box::new(KeyCommand { command: value()? })),
+            "--fingerprint" => fingerprint = Some(value()?),
             other if other.starts_with("--") => return Err(format!("unknown option {other}")),
             other => positional.push(PathBuf::from(other)),
         }
     }
-    let [src, dst]: [PathBuf; 2] = positional
-        .try_into()
-        .map_err(|_| format!("expected SRC and DST\n{USAGE}"))?;
     Ok(Options {
         keyring: keyring.ok_or("--pgdata or --keyring is required")?,
         provider: provider.ok_or("--key-file or --key-command is required")?,
-        src,
-        dst,
+        new_provider,
+        fingerprint,
+        positional,
     })
 }
 
-fn open_keyring(o: &Options) -> Result<Keyring, String> {
+fn read_keyring(o: &Options) -> Result<KeyringFile, String> {
     let bytes = std::fs::read(&o.keyring)
         .map_err(|e| format!("cannot read keyring \"{}\": {e}", o.keyring.display()))?;
+    KeyringFile::parse(&bytes).map_err(|e| e.to_string())
+}
+
+/// The keyring file, opened with the principal key of `--key-file` /
+/// `--key-command`, and that key's fingerprint.
+fn open_keyring(o: &Options) -> Result<(KeyringFile, Keyring, String), String> {
+    let file = read_keyring(o)?;
     let principal = o.provider.fetch().map_err(|e| e.to_string())?;
-    KeyringFile::parse(&bytes)
-        .and_then(|f| f.open(&principal))
-        .map_err(|e| e.to_string())
+    let ring = file.open(&principal).map_err(|e| e.to_string())?;
+    Ok((file, ring, principal.fingerprint()))
+}
+
+fn keyring_command(args: &[&str]) -> Result<(), String> {
+    let (command, rest) = args.split_first().ok_or(USAGE)?;
+    let o = parse_options(rest)?;
+    let (file, ring, current) = open_keyring(&o)?;
+    let new_key = || -> Result<PrincipalKey, String> {
+        o.new_provider
+            .as_ref()
+            .ok_or("--new-key-file or --new-key-command is required")?
+            .fetch()
+            .map_err(|e| e.to_string())
+    };
+    let updated = match *command {
+        "show" => {
+            println!("keyring:           {}", o.keyring.display());
+            println!("system identifier: {}", file.system_identifier);
+            let generations: Vec<String> = ring.generations().map(|g| g.to_string()).collect();
+            println!("data key generations: {}", generations.join(", "));
+            for fp in file.fingerprints() {
+                let mark = if fp == current {
+                    " (the key given)"
+                } else {
+                    ""
+                };
+                println!("principal key:     {fp}{mark}");
+            }
+            return Ok(());
+        }
+        "rewrap" => file.with_principal_replaced(&ring, &current, &new_key()?),
+        "add-key" => file.with_principal_added(&ring, &new_key()?),
+        "remove-key" => {
+            let fp = o
+                .fingerprint
+                .as_deref()
+                .ok_or("--fingerprint is required")?;
+            file.with_principal_removed(fp)
+        }
+        other => return Err(format!("unknown keyring command {other}\n{USAGE}")),
+    }
+    .map_err(|e| e.to_string())?;
+    write_atomic(&o.keyring, updated.to_json().as_bytes())
+        .map_err(|e| format!("cannot write keyring \"{}\": {e}", o.keyring.display()))?;
+    println!(
+        "keyring \"{}\" now opens with: {}",
+        o.keyring.display(),
+        updated.fingerprints().join(", ")
+    );
+    Ok(())
 }
 
 /// The segment size recorded in the long header of a segment's first page.
@@ -197,13 +270,18 @@ fn segment_size(first: &[u8]) -> Result<u32, String> {
 
 fn wal_transform(args: &[&str], direction: Direction) -> Result<(), String> {
     let o = parse_options(args)?;
-    let ring = open_keyring(&o)?;
+    let (_, ring, _) = open_keyring(&o)?;
+    let [src, dst]: [PathBuf; 2] = o
+        .positional
+        .clone()
+        .try_into()
+        .map_err(|_| format!("expected SRC and DST\n{USAGE}"))?;
     let mut data =
-        std::fs::read(&o.src).map_err(|e| format!("cannot read \"{}\": {e}", o.src.display()))?;
+        std::fs::read(&src).map_err(|e| format!("cannot read \"{}\": {e}", src.display()))?;
     if data.is_empty() || data.len() % WAL_PAGE_SIZE != 0 {
         return Err(format!(
             "\"{}\" is not a whole number of {WAL_PAGE_SIZE}-byte WAL pages",
-            o.src.display()
+            src.display()
         ));
     }
     let mut cipher =
@@ -221,18 +299,18 @@ fn wal_transform(args: &[&str], direction: Direction) -> Result<(), String> {
         match result {
             Ok(true) => changed += 1,
             Ok(false) => {}
-            Err(e) => return Err(format!("page {i} of \"{}\": {e}", o.src.display())),
+            Err(e) => return Err(format!("page {i} of \"{}\": {e}", src.display())),
         }
     }
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&o.dst)
-        .map_err(|e| format!("cannot create \"{}\": {e}", o.dst.display()))?;
+        .open(&dst)
+        .map_err(|e| format!("cannot create \"{}\": {e}", dst.display()))?;
     out.write_all(&data)
         .and_then(|_| out.sync_all())
-        .map_err(|e| format!("cannot write \"{}\": {e}", o.dst.display()))?;
+        .map_err(|e| format!("cannot write \"{}\": {e}", dst.display()))?;
     let verb = match direction {
         Direction::Decrypt => "decrypted",
         Direction::Encrypt => "encrypted",
@@ -240,8 +318,8 @@ fn wal_transform(args: &[&str], direction: Direction) -> Result<(), String> {
     println!(
         "{verb} {changed} of {} pages: \"{}\" -> \"{}\"",
         data.len() / WAL_PAGE_SIZE,
-        o.src.display(),
-        o.dst.display()
+        src.display(),
+        dst.display()
     );
     Ok(())
 }

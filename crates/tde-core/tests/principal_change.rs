@@ -1,0 +1,72 @@
+//! Adding, removing and replacing principal keys of a keyring file.
+
+use tde_core::kdf::Key256;
+use tde_core::keyring::{Keyring, KeyringFile};
+use tde_core::principal::PrincipalKey;
+use tde_core::Error;
+
+fn pk(b: u8) -> PrincipalKey {
+    PrincipalKey::from_key(Key256::from_bytes([b; 32]))
+}
+
+fn reparse(f: &KeyringFile) -> KeyringFile {
+    KeyringFile::parse(f.to_json().as_bytes()).expect("round trip")
+}
+
+#[test]
+fn rotation_replaces_the_old_key_and_keeps_the_data_keys() {
+    let ring = Keyring::generate(11).unwrap();
+    let file = ring.seal(&[&pk(1), &pk(9)]).unwrap();
+    let opened = file.open(&pk(1)).unwrap();
+    let rotated = reparse(
+        &file
+            .with_principal_replaced(&opened, &pk(1).fingerprint(), &pk(2))
+            .unwrap(),
+    );
+    assert!(matches!(
+        rotated.open(&pk(1)),
+        Err(Error::WrongPrincipalKey { .. })
+    ));
+    let by_new = rotated.open(&pk(2)).unwrap();
+    assert_eq!(by_new.data_key(1), ring.data_key(1));
+    // The recovery key's entry is untouched and still opens it.
+    assert_eq!(rotated.open(&pk(9)).unwrap().data_key(1), ring.data_key(1));
+    assert_eq!(rotated.principals[1], file.principals[1]);
+    // Rotating to a key already present, or from a key not present, fails.
+    assert!(rotated
+        .with_principal_replaced(&by_new, &pk(2).fingerprint(), &pk(9))
+        .is_err());
+    assert!(rotated
+        .with_principal_replaced(&by_new, &pk(1).fingerprint(), &pk(3))
+        .is_err());
+}
+
+#[test]
+fn add_and_remove() {
+    let ring = Keyring::generate(12).unwrap();
+    let file = ring.seal(&[&pk(1)]).unwrap();
+    let opened = file.open(&pk(1)).unwrap();
+    let two = reparse(&file.with_principal_added(&opened, &pk(5)).unwrap());
+    assert_eq!(two.open(&pk(5)).unwrap().data_key(1), ring.data_key(1));
+    assert!(
+        two.with_principal_added(&opened, &pk(5)).is_err(),
+        "added twice"
+    );
+    let one = reparse(&two.with_principal_removed(&pk(1).fingerprint()).unwrap());
+    assert!(one.open(&pk(1)).is_err());
+    assert_eq!(one.open(&pk(5)).unwrap().data_key(1), ring.data_key(1));
+    let e = one
+        .with_principal_removed(&pk(5).fingerprint())
+        .unwrap_err();
+    assert!(e.to_string().contains("only one"), "{e}");
+    assert!(one.with_principal_removed("0000000000000000").is_err());
+}
+
+#[test]
+fn keys_of_another_keyring_are_refused() {
+    let a = Keyring::generate(1).unwrap();
+    let b = Keyring::generate(1).unwrap();
+    let file = a.seal(&[&pk(1)]).unwrap();
+    let e = file.with_principal_added(&b, &pk(2)).unwrap_err();
+    assert!(e.to_string().contains("another keyring"), "{e}");
+}
