@@ -11,6 +11,7 @@ mod attach;
 mod errors;
 mod fake_lsn;
 mod guc;
+mod reencrypt;
 mod rotation;
 mod smgr_hooks;
 mod sql;

@@ -214,3 +214,129 @@ mod tests {
         }
     }
 }
+
+/// Where a relation file sits, parsed from its path relative to the data
+/// directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelationFile {
+    pub tablespace: u32,
+    pub database: u32,
+    pub relfilenode: u32,
+    pub fork: crate::kdf::ForkKind,
+    /// Block number of the file's first page (segment number × blocks per
+    /// segment).
+    pub first_block: u64,
+    /// A temporary relation's file (`t<backend>_<relfilenode>`).
+    pub temporary: bool,
+}
+
+/// PostgreSQL's fixed OIDs of the `pg_default` and `pg_global` tablespaces.
+pub const DEFAULT_TABLESPACE: u32 = 1663;
+pub const GLOBAL_TABLESPACE: u32 = 1664;
+
+/// Parses `global/1262`, `base/5/16384_fsm.2`,
+/// `pg_tblspc/16400/PG_15_202209061/5/16401`, `base/5/t3_16390`.
+pub fn parse_relation_path(rel: &Path) -> Option<RelationFile> {
+    let parts: Vec<&str> = rel.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
+    let num = |s: &str| s.parse::<u32>().ok();
+    let (tablespace, database, name) = match parts.as_slice() {
+        ["global", name] => (GLOBAL_TABLESPACE, 0, *name),
+        ["base", db, name] => (DEFAULT_TABLESPACE, num(db)?, *name),
+        ["pg_tblspc", spc, _version, db, name] => (num(spc)?, num(db)?, *name),
+        _ => return None,
+    };
+    if !is_relation_file(name) {
+        return None;
+    }
+    let (name, temporary) = match name.strip_prefix('t').and_then(|r| r.split_once('_')) {
+        Some((backend, rest)) if backend.bytes().all(|b| b.is_ascii_digit()) => (rest, true),
+        _ => (name, false),
+    };
+    let (stem, segment) = match name.split_once('.') {
+        Some((stem, seg)) => (stem, seg.parse::<u64>().ok()?),
+        None => (name, 0),
+    };
+    let (digits, fork) = [
+        ("_fsm", crate::kdf::ForkKind::Fsm),
+        ("_vm", crate::kdf::ForkKind::Vm),
+        ("_init", crate::kdf::ForkKind::Init),
+    ]
+    .iter()
+    .find_map(|(suffix, fork)| stem.strip_suffix(suffix).map(|d| (d, *fork)))
+    .unwrap_or((stem, crate::kdf::ForkKind::Main));
+    Some(RelationFile {
+        tablespace,
+        database,
+        relfilenode: num(digits)?,
+        fork,
+        first_block: segment * crate::verify::RELSEG_SIZE,
+        temporary,
+    })
+}
+
+/// Blocks of one segment file (numbered from the relation's first block)
+/// that are not encrypted under `generation`: plaintext pages and pages of
+/// other generations. All-zero pages need nothing.
+pub fn blocks_to_reencrypt(
+    file: &Path,
+    first_block: u64,
+    generation: u8,
+) -> std::io::Result<Vec<u64>> {
+    let mut blocks = Vec::new();
+    for_each_page(file, |index, page| {
+        match classify(page) {
+            PageState::Empty => {}
+            PageState::Encrypted(mark) if mark.generation == generation => {}
+            _ => blocks.push(first_block + index),
+        }
+        true
+    })?;
+    Ok(blocks)
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+    use crate::kdf::ForkKind;
+
+    #[test]
+    fn parses_relation_paths() {
+        let p = parse_relation_path(Path::new("base/5/16384_fsm.2")).unwrap();
+        assert_eq!(
+            (
+                p.tablespace,
+                p.database,
+                p.relfilenode,
+                p.fork,
+                p.first_block,
+                p.temporary
+            ),
+            (
+                DEFAULT_TABLESPACE,
+                5,
+                16384,
+                ForkKind::Fsm,
+                2 * 131_072,
+                false
+            )
+        );
+        let p = parse_relation_path(Path::new("global/1262")).unwrap();
+        assert_eq!(
+            (p.tablespace, p.database, p.relfilenode),
+            (GLOBAL_TABLESPACE, 0, 1262)
+        );
+        let p =
+            parse_relation_path(Path::new("pg_tblspc/16400/PG_15_202209061/5/16401_init")).unwrap();
+        assert_eq!(
+            (p.tablespace, p.database, p.fork),
+            (16400, 5, ForkKind::Init)
+        );
+        assert!(
+            parse_relation_path(Path::new("base/5/t3_16390"))
+                .unwrap()
+                .temporary
+        );
+        assert!(parse_relation_path(Path::new("base/5/PG_VERSION")).is_none());
+        assert!(parse_relation_path(Path::new("pg_wal/000000010000000000000001")).is_none());
+    }
+}

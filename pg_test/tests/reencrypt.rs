@@ -1,0 +1,143 @@
+//! Bringing a plaintext cluster under encryption in place with
+//! `tde_encrypt_all()`, surviving a crash in the middle.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pg_test::cluster::quote;
+use pg_test::wal::tdectl;
+use pg_test::{os, random_key_hex, Cluster, ClusterOptions, TestDir};
+
+const SCALE: i64 = 10;
+
+fn verify(c: &Cluster) -> os::Output {
+    let mut cmd = Command::new(tdectl());
+    cmd.arg("verify").arg(c.data_dir()).arg("--data-checksums");
+    os::run(&mut cmd, None, Duration::from_secs(300))
+}
+
+fn digest(c: &Cluster) -> String {
+    c.psql(
+        "SELECT md5(string_agg(aid::text || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts",
+    )
+}
+
+#[test]
+fn plaintext_cluster_encrypted_in_place_despite_a_crash() {
+    let dir = TestDir::new();
+    let key = dir.key_file("principal", &random_key_hex(), 0o600);
+    let mut opts = ClusterOptions::with_key_file(&key).checksums(true);
+    opts.preload = false;
+    let c = Cluster::new(&dir, "main", opts);
+    // A plaintext cluster with data: no tde at all.
+    c.unset("tde.principal_key_file");
+    c.start();
+    let init = c.run_client(
+        "pgbench",
+        &["-i", "-q", "-s", &SCALE.to_string()],
+        Duration::from_secs(300),
+    );
+    assert!(init.success(), "{}", init.text());
+    let before = digest(&c);
+    c.stop();
+    let plain = verify(&c);
+    assert!(
+        !plain.success(),
+        "a plaintext cluster verified clean:\n{}",
+        plain.text()
+    );
+
+    // Enable tde and encrypt in place; kill the postmaster in the middle.
+    c.set("shared_preload_libraries", &quote("tde"));
+    c.set("tde.principal_key_file", &quote(&key.display().to_string()));
+    c.start();
+    c.psql("CREATE EXTENSION tde");
+    let accounts = c.relation_file("pgbench_accounts");
+    let mut run = c.client("psql");
+    run.args(["-X", "-q", "-c", "SELECT tde_encrypt_all()"]);
+    run.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = run.spawn().expect("start psql");
+    let started = Instant::now();
+    let backend: i32 = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "tde_encrypt_all did not start"
+        );
+        let pid = c.psql(
+            "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT tde_encrypt_all()' AND pid <> pg_backend_pid()",
+        );
+        if let Ok(pid) = pid.parse() {
+            break pid;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The largest table takes a while: crash as soon as its first page is
+    // stored encrypted (bit 15 of pd_flags).
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "encryption did not reach pgbench_accounts"
+        );
+        let first = pg_test::wal::read_at(&accounts, 0, 8192);
+        if first[11] & 0x80 != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Killing the backend makes the postmaster crash-restart every
+    // process and run crash recovery (killing only the postmaster would let
+    // the busy backend run to completion).
+    os::kill(backend, libc::SIGKILL);
+    let _ = child.wait();
+    let recovered = Instant::now();
+    while c.try_psql("SELECT 1").is_err() {
+        assert!(
+            recovered.elapsed() < Duration::from_secs(120),
+            "no recovery after the crash"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        c.log_text()
+            .contains("all server processes terminated; reinitializing"),
+        "the crash did not reinitialize the server"
+    );
+    let left: i64 = c
+        .psql("SELECT plaintext FROM tde_verify()")
+        .parse()
+        .unwrap();
+    assert!(left > 0, "nothing was left plaintext by the crash");
+    let rewritten: i64 = c.psql("SELECT tde_encrypt_all()").parse().unwrap();
+    assert!(rewritten > 0, "the rerun had nothing left to do");
+    assert_eq!(
+        c.psql("SELECT tde_encrypt_all()"),
+        "0",
+        "a third run still found pages"
+    );
+    assert_eq!(digest(&c), before, "data changed by re-encryption");
+    let check = c.run_client(
+        "pg_amcheck",
+        &["--all", "--install-missing", "--heapallindexed"],
+        Duration::from_secs(300),
+    );
+    assert!(check.success(), "pg_amcheck: {}", check.text());
+    c.stop();
+
+    let out = verify(&c);
+    assert!(
+        out.success(),
+        "tdectl verify after tde_encrypt_all:\n{}",
+        out.text()
+    );
+    assert!(
+        out.stdout.contains("plaintext:         0"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("checksum failures: 0"),
+        "{}",
+        out.stdout
+    );
+}

@@ -1,0 +1,181 @@
+//! Re-encryption in place: every page on disk that is plaintext or under an
+//! older data key generation is read through the buffer manager, logged as a
+//! full-page image (so crash recovery and standbys stay consistent) and
+//! written back, which encrypts it under the current generation. This is how
+//! a plaintext cluster is brought under encryption.
+//!
+//! Each page is locked only while it is logged and written, so normal reads
+//! and writes go on. A run interrupted by a crash or an error is simply run
+//! again: pages already under the current generation are skipped.
+
+use std::path::{Path, PathBuf};
+
+use pgrx::prelude::*;
+use pgrx::PgRelation;
+use tde_core::kdf::ForkKind;
+use tde_core::scan::{self, RelationFile};
+
+use crate::{guc, startup, state};
+
+fn fork_number(fork: ForkKind) -> pg_sys::ForkNumber::Type {
+    match fork {
+        ForkKind::Main => pg_sys::ForkNumber::MAIN_FORKNUM,
+        ForkKind::Fsm => pg_sys::ForkNumber::FSM_FORKNUM,
+        ForkKind::Vm => pg_sys::ForkNumber::VISIBILITYMAP_FORKNUM,
+        ForkKind::Init => pg_sys::ForkNumber::INIT_FORKNUM,
+    }
+}
+
+fn check_can_run() {
+    // SAFETY: superuser() and RecoveryInProgress() only read state.
+    unsafe {
+        if !pg_sys::superuser() {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "tde: only superusers may re-encrypt relations"
+            );
+        }
+        if pg_sys::RecoveryInProgress() {
+            pgrx::error!("tde: cannot re-encrypt during recovery; run it on the primary");
+        }
+    }
+    if !guc::DATA_ENCRYPTION.get() {
+        pgrx::error!(
+            "tde: tde.data_encryption is off, so rewritten pages would be stored in plaintext"
+        );
+    }
+}
+
+/// Logs and writes one block so that it is stored under the current
+/// generation. `logged` is false for the forks of unlogged relations.
+fn rewrite_block(rf: &RelationFile, block: u64, logged: bool) {
+    let rnode = pg_sys::RelFileNode {
+        spcNode: pg_sys::Oid::from(rf.tablespace),
+        dbNode: pg_sys::Oid::from(rf.database),
+        relNode: pg_sys::Oid::from(rf.relfilenode),
+    };
+    // SAFETY: the buffer is pinned by ReadBufferWithoutRelcache, locked
+    // exclusively while it is dirtied and logged inside a critical section
+    // (as PostgreSQL's own log_newpage_range does), flushed under that lock,
+    // then unlocked and unpinned. A missing file or block raises an ERROR
+    // before anything is changed.
+    unsafe {
+        let buf = pg_sys::ReadBufferWithoutRelcache(
+            rnode,
+            fork_number(rf.fork),
+            block as pg_sys::BlockNumber,
+            pg_sys::ReadBufferMode::RBM_NORMAL,
+            std::ptr::null_mut(),
+            logged,
+        );
+        pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+        pg_sys::CritSectionCount += 1;
+        pg_sys::MarkBufferDirty(buf);
+        if logged {
+            pg_sys::log_newpage_buffer(buf, true);
+        }
+        pg_sys::CritSectionCount -= 1;
+        pg_sys::FlushOneBuffer(buf);
+        pg_sys::UnlockReleaseBuffer(buf);
+    }
+}
+
+/// Re-encrypts one segment file; returns the number of pages rewritten.
+fn reencrypt_file(path: &Path, rf: &RelationFile, generation: u8) -> u64 {
+    let blocks = match scan::blocks_to_reencrypt(path, rf.first_block, generation) {
+        Ok(b) => b,
+        // Dropped since it was listed.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => pgrx::error!("tde: cannot read \"{}\": {e}", path.display()),
+    };
+    // The forks of an unlogged relation (it has an init fork) are not
+    // WAL-logged; its init fork is.
+    let logged = rf.fork == ForkKind::Init || {
+        let init = path.with_file_name(format!("{}_init", rf.relfilenode));
+        !init.exists()
+    };
+    for &block in &blocks {
+        pg_sys::check_for_interrupts!();
+        rewrite_block(rf, block, logged);
+    }
+    blocks.len() as u64
+}
+
+fn reencrypt_files(files: Vec<(PathBuf, RelationFile)>) -> i64 {
+    check_can_run();
+    let generation = state::get().cipher_generation;
+    let total_files = files.len();
+    let mut pages = 0u64;
+    for (i, (path, rf)) in files.iter().enumerate() {
+        pages += reencrypt_file(path, rf, generation);
+        if (i + 1) % 500 == 0 {
+            ereport!(
+                NOTICE,
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!(
+                    "tde: {} of {total_files} files checked, {pages} pages rewritten",
+                    i + 1
+                )
+            );
+        }
+    }
+    pages as i64
+}
+
+/// Rewrites every page of the whole cluster (all databases, shared
+/// catalogs, tablespaces) that is plaintext or under an older data key
+/// generation. Returns the number of pages rewritten. Temporary relations
+/// are skipped: they never outlive their session.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tde_encrypt_all() -> i64 {
+    let pgdata = startup::data_dir();
+    let files = scan::relation_files(&pgdata)
+        .unwrap_or_else(|e| pgrx::error!("tde: cannot list relation files: {e}"))
+        .into_iter()
+        .filter_map(|path| {
+            let rf = scan::parse_relation_path(path.strip_prefix(&pgdata).ok()?)?;
+            (!rf.temporary).then_some((path, rf))
+        })
+        .collect();
+    reencrypt_files(files)
+}
+
+/// Rewrites every page of one relation (all forks) that is plaintext or
+/// under an older data key generation. Returns the number of pages
+/// rewritten.
+#[pg_extern(volatile, parallel_unsafe)]
+fn tde_encrypt_relation(rel: PgRelation) -> i64 {
+    if rel.rd_backend != pg_sys::InvalidBackendId {
+        pgrx::error!("tde: temporary relations are encrypted as their pages are written");
+    }
+    let node = rel.rd_node;
+    if node.relNode == pg_sys::InvalidOid {
+        return 0;
+    }
+    let pgdata = startup::data_dir();
+    let mut files = Vec::new();
+    for fork in ForkKind::ALL {
+        // SAFETY: GetRelationPath returns a palloc'd C string; copied at once.
+        let rel_path = unsafe {
+            let p = pg_sys::GetRelationPath(
+                node.dbNode,
+                node.spcNode,
+                node.relNode,
+                pg_sys::InvalidBackendId,
+                fork_number(fork),
+            );
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        };
+        for path in scan::segment_files(&pgdata.join(&rel_path)) {
+            if let Some(rf) = path
+                .strip_prefix(&pgdata)
+                .ok()
+                .and_then(scan::parse_relation_path)
+            {
+                files.push((path, rf));
+            }
+        }
+    }
+    reencrypt_files(files)
+}
