@@ -70,3 +70,38 @@ fn keys_of_another_keyring_are_refused() {
     let e = file.with_principal_added(&b, &pk(2)).unwrap_err();
     assert!(e.to_string().contains("another keyring"), "{e}");
 }
+
+mod mutated {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Rewrapping a keyring file whose text was modified never panics,
+        /// and whatever it produces opens (with the new key) only to the
+        /// original data keys: a modified header is refused, never sealed.
+        #[test]
+        fn rewrap_of_a_modified_file(at in 0usize..4000, with in any::<u8>()) {
+            let ring = Keyring::generate(77).unwrap();
+            let file = ring.seal(&[&pk(1), &pk(9)]).unwrap();
+            let opened = file.open(&pk(1)).unwrap();
+            let mut text = file.to_json().into_bytes();
+            let at = at % text.len();
+            prop_assume!(text[at] != with);
+            text[at] = with;
+            let Ok(modified) = KeyringFile::parse(&text) else { return Ok(()) };
+            let Ok(rotated) = modified.with_principal_replaced(&opened, &pk(1).fingerprint(), &pk(2)) else {
+                return Ok(());
+            };
+            let reopened = KeyringFile::parse(rotated.to_json().as_bytes()).unwrap().open(&pk(2)).unwrap();
+            prop_assert_eq!(reopened.system_identifier, 77);
+            prop_assert_eq!(reopened.cluster_salt, ring.cluster_salt);
+            prop_assert_eq!(reopened.data_key(1), ring.data_key(1));
+            // The recovery key opens it only if its entry was left intact.
+            if let Ok(by_recovery) = rotated.open(&pk(9)) {
+                prop_assert_eq!(by_recovery.data_key(1), ring.data_key(1));
+            }
+        }
+    }
+}
