@@ -12,6 +12,7 @@ mod errors;
 mod fake_lsn;
 mod guc;
 mod reencrypt;
+mod relpath;
 mod rotation;
 mod smgr_hooks;
 mod sql;

@@ -15,16 +15,8 @@ use pgrx::PgRelation;
 use tde_core::kdf::ForkKind;
 use tde_core::scan::{self, RelationFile};
 
+use crate::relpath::{fork_number, fork_path};
 use crate::{guc, startup, state};
-
-fn fork_number(fork: ForkKind) -> pg_sys::ForkNumber::Type {
-    match fork {
-        ForkKind::Main => pg_sys::ForkNumber::MAIN_FORKNUM,
-        ForkKind::Fsm => pg_sys::ForkNumber::FSM_FORKNUM,
-        ForkKind::Vm => pg_sys::ForkNumber::VISIBILITYMAP_FORKNUM,
-        ForkKind::Init => pg_sys::ForkNumber::INIT_FORKNUM,
-    }
-}
 
 fn check_can_run() {
     // SAFETY: superuser() and RecoveryInProgress() only read state.
@@ -156,17 +148,7 @@ fn tde_encrypt_relation(rel: PgRelation) -> i64 {
     let pgdata = startup::data_dir();
     let mut files = Vec::new();
     for fork in ForkKind::ALL {
-        // SAFETY: GetRelationPath returns a palloc'd C string; copied at once.
-        let rel_path = unsafe {
-            let p = pg_sys::GetRelationPath(
-                node.dbNode,
-                node.spcNode,
-                node.relNode,
-                pg_sys::InvalidBackendId,
-                fork_number(fork),
-            );
-            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-        };
+        let rel_path = fork_path(node, pg_sys::InvalidBackendId, fork_number(fork));
         for path in scan::segment_files(&pgdata.join(&rel_path)) {
             if let Some(rf) = path
                 .strip_prefix(&pgdata)

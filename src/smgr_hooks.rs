@@ -8,11 +8,11 @@ use std::sync::OnceLock;
 
 use pgrx::pg_sys::{self, BlockNumber, ForkNumber, SMgrRelation};
 use pgrx::prelude::*;
-use tde_core::kdf::ForkKind;
 use tde_core::nonce::NonceSource;
 use tde_core::page::{Page, WriteOutcome, WriteParams, PAGE_SIZE};
 
 use crate::attach::{self_test_hit, HIT_EXTEND, HIT_READ, HIT_WRITE};
+use crate::relpath::{fork_kind, fork_path};
 use crate::{errors, fake_lsn, guc, state};
 
 type ReadFn = unsafe extern "C-unwind" fn(SMgrRelation, ForkNumber::Type, BlockNumber, *mut c_char);
@@ -74,30 +74,10 @@ fn checksums_enabled() -> bool {
     *CHECKSUMS.get_or_init(|| unsafe { pg_sys::DataChecksumsEnabled() })
 }
 
-fn fork_kind(forknum: ForkNumber::Type) -> ForkKind {
-    match forknum {
-        ForkNumber::MAIN_FORKNUM => ForkKind::Main,
-        ForkNumber::FSM_FORKNUM => ForkKind::Fsm,
-        ForkNumber::VISIBILITYMAP_FORKNUM => ForkKind::Vm,
-        ForkNumber::INIT_FORKNUM => ForkKind::Init,
-        other => pgrx::error!("tde: unknown fork number {other}"),
-    }
-}
-
 fn relation_path(reln: SMgrRelation, forknum: ForkNumber::Type) -> String {
-    // SAFETY: reln is the live SMgrRelation passed to the wrapper; the
-    // returned palloc'd string is copied at once.
-    unsafe {
-        let r = &(*reln).smgr_rnode;
-        let p = pg_sys::GetRelationPath(
-            r.node.dbNode,
-            r.node.spcNode,
-            r.node.relNode,
-            r.backend,
-            forknum,
-        );
-        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-    }
+    // SAFETY: reln is the live SMgrRelation passed to the wrapper.
+    let r = unsafe { &(*reln).smgr_rnode };
+    fork_path(r.node, r.backend, forknum)
 }
 
 #[pg_guard]

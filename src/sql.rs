@@ -128,17 +128,7 @@ fn tde_relation_pages(
     let pgdata = startup::data_dir();
     let mut rows = Vec::new();
     for (forknum, name) in FORKS {
-        // SAFETY: GetRelationPath returns a palloc'd C string; copied at once.
-        let rel_path = unsafe {
-            let p = pg_sys::GetRelationPath(
-                node.dbNode,
-                node.spcNode,
-                node.relNode,
-                rel.rd_backend,
-                forknum,
-            );
-            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-        };
+        let rel_path = crate::relpath::fork_path(node, rel.rd_backend, forknum);
         let path: PathBuf = pgdata.join(rel_path);
         if scan::segment_files(&path).is_empty() {
             continue;
