@@ -141,3 +141,46 @@ fn plaintext_cluster_encrypted_in_place_despite_a_crash() {
         out.stdout
     );
 }
+
+/// One relation at a time: pages written while `tde.data_encryption` was
+/// off are rewritten by `tde_encrypt_relation`, other relations untouched.
+#[test]
+fn encrypt_relation_rewrites_only_that_relation() {
+    let dir = TestDir::new();
+    let c = pg_test::encrypted_cluster(&dir);
+    c.set_and_reload("tde.data_encryption", "off", "off");
+    c.psql(
+        "CREATE TABLE a(id int PRIMARY KEY, v text);
+         CREATE TABLE b(id int, v text);
+         INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 3000) g;
+         INSERT INTO b SELECT g, md5(g::text) FROM generate_series(1, 3000) g;
+         CHECKPOINT;",
+    );
+    let plain = |rel: &str| -> i64 {
+        c.psql(&format!(
+            "SELECT sum(plaintext) FROM tde_relation_pages('{rel}')"
+        ))
+        .parse()
+        .unwrap()
+    };
+    assert!(plain("a") > 0 && plain("b") > 0);
+    // Refused while new writes would be plaintext.
+    let refused = c.try_psql("SELECT tde_encrypt_relation('a')");
+    assert!(refused.unwrap_err().contains("tde.data_encryption is off"));
+    c.set_and_reload("tde.data_encryption", "on", "on");
+    let before = c.psql("SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM a");
+    let rewritten: i64 = c.psql("SELECT tde_encrypt_relation('a')").parse().unwrap();
+    assert!(rewritten > 0);
+    assert_eq!(plain("a"), 0, "table a still has plaintext pages");
+    assert_eq!(c.psql("SELECT tde_encrypt_relation('a')"), "0");
+    assert!(plain("b") > 0, "table b was rewritten too");
+    // The primary key index is a relation of its own.
+    assert!(plain("a_pkey") > 0);
+    c.psql("SELECT tde_encrypt_relation('a_pkey')");
+    assert_eq!(plain("a_pkey"), 0);
+    assert_eq!(
+        c.psql("SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM a"),
+        before
+    );
+    c.stop();
+}
