@@ -433,15 +433,10 @@ pub unsafe extern "C" fn tde_open(path: *const c_char, flags: c_int, mode: libc:
         let e = errno();
         // SAFETY: the server passes a NUL-terminated path.
         let p = unsafe { CStr::from_ptr(path) }.to_bytes();
-        let kind = std::panic::catch_unwind(|| {
-            if copies_files_as_stored(flags) {
-                None
-            } else {
-                classify(p)
-            }
-        })
-        .ok()
-        .flatten();
+        let kind =
+            std::panic::catch_unwind(|| classify(p).filter(|_| !copies_files_as_stored(flags)))
+                .ok()
+                .flatten();
         set_tracked(fd, kind.map(|kind| Tracked { kind, salt: None }));
         set_errno(e);
     }
@@ -542,6 +537,24 @@ pub unsafe extern "C" fn tde_pwritev(
     };
     // SAFETY: the server passes `iovcnt` valid iovecs.
     let parts = unsafe { std::slice::from_raw_parts(iov, iovcnt as usize) };
+    // Zero-filling a new segment: all-zero pages are stored as they are, so
+    // skip gathering and merging them.
+    // SAFETY: each iovec describes a readable buffer of iov_len bytes.
+    let all_zero = parts.iter().all(|v| unsafe {
+        std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len)
+            .iter()
+            .all(|&b| b == 0)
+    });
+    let whole_pages = (offset as u64).is_multiple_of(PAGE as u64)
+        && parts
+            .iter()
+            .map(|v| v.iov_len)
+            .sum::<usize>()
+            .is_multiple_of(PAGE);
+    if all_zero && whole_pages {
+        // SAFETY: forwarding the server's arguments.
+        return unsafe { libc::pwritev(fd, iov, iovcnt, offset) };
+    }
     let mut joined = Vec::with_capacity(parts.iter().map(|v| v.iov_len).sum());
     for v in parts {
         // SAFETY: each iovec describes a readable buffer of iov_len bytes.

@@ -69,6 +69,18 @@ fn sequence_value() -> i64 {
     6_000_000_000_000_000_000 + i64::from(r) * 1_000_003
 }
 
+/// The relations the marker test writes into (its TOAST table comes on top).
+const MARKED_RELATIONS: [&str; 8] = [
+    "m_heap",
+    "m_index",
+    "m_index_k",
+    "m_toast",
+    "m_seq",
+    "m_matview",
+    "m_unlogged",
+    "m_unlogged_v",
+];
+
 #[test]
 fn markers_never_on_disk() {
     let dir = TestDir::new();
@@ -170,17 +182,7 @@ fn markers_never_on_disk() {
     );
 
     let mut files = BTreeMap::new();
-    for rel in [
-        "m_heap",
-        "m_index",
-        "m_index_k",
-        "m_toast",
-        &toast_rel,
-        "m_seq",
-        "m_matview",
-        "m_unlogged",
-        "m_unlogged_v",
-    ] {
+    for rel in MARKED_RELATIONS.iter().copied().chain([toast_rel.as_str()]) {
         files.insert(c.relation_file(rel), rel.to_string());
     }
     files.insert(temp_file.clone(), "m_temp".into());
@@ -209,17 +211,7 @@ fn markers_never_on_disk() {
         seq_file.display()
     );
 
-    for rel in [
-        "m_heap",
-        "m_index",
-        "m_index_k",
-        "m_toast",
-        &toast_rel,
-        "m_seq",
-        "m_matview",
-        "m_unlogged",
-        "m_unlogged_v",
-    ] {
+    for rel in MARKED_RELATIONS.iter().copied().chain([toast_rel.as_str()]) {
         assert_encrypted_pages(&tde::relation_pages(&c, rel), rel);
     }
     let unlogged_index = tde::relation_pages(&c, "m_unlogged_v");

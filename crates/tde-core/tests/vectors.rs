@@ -18,17 +18,13 @@ mod common;
 use common::*;
 use tde_core::checksum::{page_checksum, stored_checksum};
 use tde_core::kdf::{page_key, wrap_keys, ForkKind, Key256};
-use tde_core::keyring::{Keyring, KeyringFile};
+use tde_core::keyring::KeyringFile;
 use tde_core::page::{PageCipher, ReadOutcome, WriteOutcome, WriteParams, PAGE_SIZE};
 use tde_core::principal::PrincipalKey;
 use tde_core::Error;
 
-const DEK: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-const DEK2: &str = "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf";
-const SALT: &str = "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f";
 const PK: &str = "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f";
 const NONCE: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
-const SYSID: u64 = 7_301_234_567_890_123_456;
 
 // openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt hexkey:$DEK -kdfopt hexsalt:$SALT \
 //   -kdfopt hexinfo:$(printf 'tde/v1/page/main' | xxd -p) HKDF
@@ -78,17 +74,6 @@ const ENTRY_MAC: &str = "bf858de4c4bda9a400951f163f58f159b343ecc0222425f95111b45
 
 fn principal() -> PrincipalKey {
     PrincipalKey::from_key(Key256::from_bytes(unhex(PK)))
-}
-
-fn vector_keyring() -> Keyring {
-    Keyring::from_parts(
-        SYSID,
-        unhex(SALT),
-        [
-            (3, Key256::from_bytes(unhex(DEK))),
-            (200, Key256::from_bytes(unhex(DEK2))),
-        ],
-    )
 }
 
 // ---------------------------------------------------------------- 1. HKDF

@@ -149,14 +149,6 @@ fn salt() -> impl Strategy<Value = SegmentSalt> {
 
 // ---------------------------------------------------------------- reference
 
-fn hkdf64(ikm: &[u8], salt: &[u8], info: &[u8]) -> [u8; 64] {
-    let mut out = [0u8; 64];
-    hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), ikm)
-        .expand(info, &mut out)
-        .unwrap();
-    out
-}
-
 /// K1 ‖ K2 of a page, from the format description.
 fn reference_keys(tli: u32, segment: u64, salt: SegmentSalt) -> [u8; 64] {
     let mut info = b"tde/v1/wal".to_vec();

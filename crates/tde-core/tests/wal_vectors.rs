@@ -33,29 +33,13 @@ mod common;
 
 use common::*;
 use tde_core::kdf::{wal_keys, Key256};
-use tde_core::keyring::Keyring;
 use tde_core::wal::{
     SegmentSalt, WalCipher, WalPage, WalPageHeader, WalReadOutcome, WalWriteOutcome, XtsAes256,
     WAL_PAGE_SIZE,
 };
 use xts_mode::{get_tweak_default, Xts128};
 
-const DEK: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-const DEK2: &str = "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf";
-const SALT: &str = "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f";
-const SYSID: u64 = 7_301_234_567_890_123_456;
 const SEGMENT_SIZE: u32 = 16 << 20;
-
-fn vector_keyring() -> Keyring {
-    Keyring::from_parts(
-        SYSID,
-        unhex(SALT),
-        [
-            (3, Key256::from_bytes(unhex(DEK))),
-            (200, Key256::from_bytes(unhex(DEK2))),
-        ],
-    )
-}
 
 /// A WAL page as PostgreSQL 15 lays it out (the builder the vectors were
 /// computed from):
@@ -120,15 +104,6 @@ fn keys_hex(k: (Key256, Key256)) -> String {
         hex::encode(k.0.as_bytes()),
         hex::encode(k.1.as_bytes())
     )
-}
-
-/// The test's own HKDF-SHA256 with a 64-byte output, straight from `hkdf`.
-fn hkdf64(ikm: &[u8], salt: &[u8], info: &[u8]) -> [u8; 64] {
-    let mut out = [0u8; 64];
-    hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), ikm)
-        .expand(info, &mut out)
-        .unwrap();
-    out
 }
 
 #[test]

@@ -8,6 +8,8 @@ use aes::cipher::{KeyIvInit, StreamCipher};
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
+use tde_core::kdf::Key256;
+use tde_core::keyring::Keyring;
 use tde_core::page::{Page, PAGE_SIZE};
 
 pub type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
@@ -26,6 +28,34 @@ pub fn counting32(start: u8) -> [u8; 32] {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+/// Data keys, cluster salt and system identifier of the known-answer
+/// vectors (page and WAL alike).
+pub const DEK: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub const DEK2: &str = "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf";
+pub const SALT: &str = "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f";
+pub const SYSID: u64 = 7_301_234_567_890_123_456;
+
+/// The vectors' keyring: DEK as generation 3, DEK2 as generation 200.
+pub fn vector_keyring() -> Keyring {
+    Keyring::from_parts(
+        SYSID,
+        unhex(SALT),
+        [
+            (3, Key256::from_bytes(unhex(DEK))),
+            (200, Key256::from_bytes(unhex(DEK2))),
+        ],
+    )
+}
+
+/// RFC 5869 HKDF-SHA256 with a 64-byte output.
+pub fn hkdf64(ikm: &[u8], salt: &[u8], info: &[u8]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    hkdf::Hkdf::<Sha256>::new(Some(salt), ikm)
+        .expand(info, &mut out)
+        .expect("64 bytes is a valid HKDF-SHA256 length");
+    out
 }
 
 /// RFC 5869 HKDF-SHA256 with a 32-byte output.
