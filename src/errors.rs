@@ -18,12 +18,13 @@ fn sqlstate(e: &Error) -> PgSqlErrorCode {
         | Error::KeyCommandFailed { .. }
         | Error::NoKeySource
         | Error::TwoKeySources => ERRCODE_CONFIG_FILE_ERROR,
-        Error::PrincipalKeyChange(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+        Error::PrincipalKeyChange(_) | Error::DataKeyChange(_) => ERRCODE_INVALID_PARAMETER_VALUE,
         Error::WrongPrincipalKey { .. } => ERRCODE_INVALID_PASSWORD,
         Error::KeyringMissing { .. } => ERRCODE_UNDEFINED_FILE,
         Error::KeyringCorrupt(_)
         | Error::KeyringVersion { .. }
         | Error::KeyringTampered { .. }
+        | Error::KeyringBodyMismatch
         | Error::ForeignKeyring { .. }
         | Error::UnknownGeneration { .. }
         | Error::UnknownPageFormat { .. }
@@ -41,4 +42,22 @@ fn sqlstate(e: &Error) -> PgSqlErrorCode {
 pub fn raise(context: &str, e: &Error) -> ! {
     let message = format!("tde: {context}: {e}");
     ereport!(ERROR, sqlstate(e), message);
+}
+
+/// Refuses unless the current role is a superuser; `action` completes
+/// "only superusers may …".
+pub fn require_superuser(action: &str) {
+    // SAFETY: superuser() only reads the current role.
+    if !unsafe { pg_sys::superuser() } {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("tde: only superusers may {action}")
+        );
+    }
+}
+
+pub fn in_recovery() -> bool {
+    // SAFETY: RecoveryInProgress() only reads shared state.
+    unsafe { pg_sys::RecoveryInProgress() }
 }

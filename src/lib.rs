@@ -8,9 +8,12 @@
 use pgrx::prelude::*;
 
 mod attach;
+mod data_keys;
 mod errors;
 mod fake_lsn;
 mod guc;
+mod keyring_io;
+mod keys;
 mod reencrypt;
 mod relpath;
 mod rotation;
@@ -44,9 +47,10 @@ pub extern "C-unwind" fn _PG_init() {
     attach::attach_wal_io();
     fake_lsn::init();
     rotation::init();
+    keys::init();
     log!(
         "tde: data encryption active (data key generation {}, principal key {})",
-        state::get().cipher_generation,
+        state::get().keyring.current_generation(),
         state::get().fingerprint
     );
 }

@@ -16,21 +16,12 @@ use tde_core::kdf::ForkKind;
 use tde_core::scan::{self, RelationFile};
 
 use crate::relpath::{fork_number, fork_path};
-use crate::{guc, startup, state};
+use crate::{errors, guc, keys, startup};
 
 fn check_can_run() {
-    // SAFETY: superuser() and RecoveryInProgress() only read state.
-    unsafe {
-        if !pg_sys::superuser() {
-            ereport!(
-                ERROR,
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                "tde: only superusers may re-encrypt relations"
-            );
-        }
-        if pg_sys::RecoveryInProgress() {
-            pgrx::error!("tde: cannot re-encrypt during recovery; run it on the primary");
-        }
+    errors::require_superuser("re-encrypt relations");
+    if errors::in_recovery() {
+        pgrx::error!("tde: cannot re-encrypt during recovery; run it on the primary");
     }
     if !guc::DATA_ENCRYPTION.get() {
         pgrx::error!(
@@ -94,13 +85,68 @@ fn reencrypt_file(path: &Path, rf: &RelationFile, generation: u8) -> u64 {
     blocks.len() as u64
 }
 
+/// Whether `path` no longer holds any page to rewrite: its relation was
+/// dropped, truncated or rewritten after the file was listed.
+fn gone(path: &Path, rf: &RelationFile, generation: u8) -> bool {
+    match scan::blocks_to_reencrypt(path, rf.first_block, generation) {
+        Ok(blocks) => blocks.is_empty(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// Re-encrypts one file in a subtransaction of its own, so that a file whose
+/// relation is dropped while the run reaches it is skipped instead of
+/// ending the run; any other error ends it as before.
+fn reencrypt_file_in_subtransaction(path: &Path, rf: &RelationFile, generation: u8) -> u64 {
+    // SAFETY: the internal-subtransaction protocol PL/pgSQL follows: after
+    // the commit or rollback below, the caller's memory context and resource
+    // owner are restored.
+    let (context, owner) = unsafe {
+        let saved = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(saved.0);
+        saved
+    };
+    let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        Ok(reencrypt_file(path, rf, generation))
+    }))
+    .catch_others(|cause| Err(Box::new(cause)))
+    .execute();
+    // SAFETY: as above; exactly one of commit or rollback, for the
+    // subtransaction begun above.
+    unsafe {
+        match outcome {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    }
+    match outcome {
+        Ok(pages) => pages,
+        Err(cause) if gone(path, rf, generation) => {
+            drop(cause);
+            ereport!(
+                NOTICE,
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!(
+                    "tde: skipped \"{}\": its relation was dropped or rewritten meanwhile",
+                    path.display()
+                )
+            );
+            0
+        }
+        Err(cause) => cause.rethrow(),
+    }
+}
+
 fn reencrypt_files(files: Vec<(PathBuf, RelationFile)>) -> i64 {
     check_can_run();
-    let generation = state::get().cipher_generation;
+    let generation = keys::current().ring.current_generation();
     let total_files = files.len();
     let mut pages = 0u64;
     for (i, (path, rf)) in files.iter().enumerate() {
-        pages += reencrypt_file(path, rf, generation);
+        pages += reencrypt_file_in_subtransaction(path, rf, generation);
         if (i + 1) % 500 == 0 {
             ereport!(
                 NOTICE,

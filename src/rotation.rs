@@ -6,10 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
-use tde_core::keyring::{write_atomic, KeyringFile};
 use tde_core::provider::{KeyCommand, KeyFile, KeyProvider};
 
-use crate::{errors, startup, state};
+use crate::{errors, keyring_io, state};
 
 // SAFETY: the name is unique to this extension.
 static CURRENT: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"tde_current_principal_key") };
@@ -38,14 +37,7 @@ fn tde_rotate_principal_key(
     new_key_file: default!(Option<&str>, "NULL"),
     new_key_command: default!(Option<&str>, "NULL"),
 ) -> String {
-    // SAFETY: superuser() only reads the current role.
-    if !unsafe { pg_sys::superuser() } {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "tde: only superusers may rotate the principal key"
-        );
-    }
+    errors::require_superuser("rotate the principal key");
     let provider: Box<dyn KeyProvider> = match (new_key_file, new_key_command) {
         (Some(path), None) => Box::new(KeyFile { path: path.into() }),
         (None, Some(command)) => Box::new(KeyCommand {
@@ -56,24 +48,12 @@ fn tde_rotate_principal_key(
     let new = provider
         .fetch()
         .unwrap_or_else(|e| errors::raise("cannot obtain the new principal key", &e));
-    let dir = startup::data_dir().join(startup::KEYRING_DIR);
-    let path = dir.join(startup::KEYRING_FILE);
-    // One rotation at a time, across backends.
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("keyring.lock"))
-        .and_then(|f| f.lock().map(|_| f))
-        .unwrap_or_else(|e| pgrx::error!("tde: cannot lock the keyring: {e}"));
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| pgrx::error!("tde: cannot read keyring \"{}\": {e}", path.display()));
+    let lock = keyring_io::lock();
     let old = current_fingerprint();
-    let updated = KeyringFile::parse(&bytes)
-        .and_then(|file| file.with_principal_replaced(&state::get().keyring, &old, &new))
+    let updated = keyring_io::read(&lock)
+        .with_principal_replaced(&state::get().keyring, &old, &new)
         .unwrap_or_else(|e| errors::raise("cannot rotate the principal key", &e));
-    write_atomic(&path, updated.to_json().as_bytes())
-        .unwrap_or_else(|e| pgrx::error!("tde: cannot write keyring \"{}\": {e}", path.display()));
+    keyring_io::write(&lock, &updated);
     let fingerprint = new.fingerprint();
     CURRENT
         .get()

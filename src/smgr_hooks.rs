@@ -13,7 +13,7 @@ use tde_core::page::{Page, WriteOutcome, WriteParams, PAGE_SIZE};
 
 use crate::attach::{self_test_hit, HIT_EXTEND, HIT_READ, HIT_WRITE};
 use crate::relpath::{fork_kind, fork_path};
-use crate::{errors, fake_lsn, guc, state};
+use crate::{errors, fake_lsn, guc, keys};
 
 type ReadFn = unsafe extern "C-unwind" fn(SMgrRelation, ForkNumber::Type, BlockNumber, *mut c_char);
 type WriteFn =
@@ -99,8 +99,8 @@ unsafe extern "C-unwind" fn tde_smgr_read(
     // SAFETY: buffer is a BLCKSZ page the server owns exclusively while the
     // read is in progress (the buffer is marked I/O-in-progress).
     let page = unsafe { &mut *(buffer as *mut Page) };
-    if let Err(e) = state::get()
-        .cipher
+    if let Err(e) = keys::current()
+        .page
         .decrypt(page, blocknum, checksums_enabled())
     {
         errors::raise(
@@ -136,13 +136,14 @@ unsafe fn write_through(
         };
         return;
     }
-    let st = state::get();
+    // Held until the write below has returned: see `keys`.
+    let guard = keys::for_write();
     let nonce = NONCES.with(|n| n.borrow_mut().next_u16());
     let nonce = nonce.unwrap_or_else(|e| errors::raise("cannot draw a page nonce", &e));
     let params = WriteParams {
         block: blocknum,
         fork: fork_kind(forknum),
-        generation: st.cipher_generation,
+        generation: guard.generation(),
         nonce,
         checksums: checksums_enabled(),
     };
@@ -154,8 +155,9 @@ unsafe fn write_through(
         unsafe {
             std::ptr::copy_nonoverlapping(buffer as *const u8, page.0.as_mut_ptr(), PAGE_SIZE)
         };
-        match st
-            .cipher
+        match guard
+            .keys
+            .page
             .encrypt_in_place(&mut page.0, &params, fake_lsn::next)
         {
             Ok(WriteOutcome::Encrypted) => Ok(Some(page.0.as_mut_ptr().cast::<c_char>())),
@@ -182,6 +184,7 @@ unsafe fn write_through(
             orig(reln, forknum, blocknum, target, skip_fsync)
         })
     };
+    drop(guard);
 }
 
 #[pg_guard]

@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 use pgrx::PgRelation;
 use tde_core::scan;
 
-use crate::{attach, guc, startup, state};
+use crate::{attach, guc, keys, startup};
 
 // pgrx reads the column names from this signature, so it cannot be aliased.
 #[allow(clippy::type_complexity)]
@@ -18,13 +18,14 @@ fn tde_status() -> TableIterator<
         name!(server_version, String),
         name!(principal_key_fingerprint, String),
         name!(data_key_generation, i32),
+        name!(data_key_generations, String),
         name!(data_encryption, bool),
         name!(wal_encryption, bool),
         name!(wal_segment, Option<String>),
         name!(wal_segment_salt, Option<String>),
     ),
 > {
-    let st = state::get();
+    let keys = keys::current();
     let attach = attach::attached()
         .map(|a| a.description.clone())
         .unwrap_or_else(|| "not attached".into());
@@ -42,7 +43,12 @@ fn tde_status() -> TableIterator<
         attach,
         version,
         crate::rotation::current_fingerprint(),
-        st.cipher_generation as i32,
+        keys.ring.current_generation() as i32,
+        keys.ring
+            .generations()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         guc::DATA_ENCRYPTION.get(),
         guc::WAL_ENCRYPTION.get(),
         segment,
@@ -157,10 +163,13 @@ fn generations_json(by_generation: &std::collections::BTreeMap<u8, u64>) -> Stri
 }
 
 /// Verifies every relation file of the cluster as stored on disk, like
-/// `tdectl verify` on a stopped cluster. Pages still only in shared buffers
+/// `tdectl verify` on a stopped cluster, and reports which data key
+/// generations the WAL segments in pg_wal use. Pages still only in shared buffers
 /// are not seen (run CHECKPOINT first); a page that fails its checksum is
 /// read a second time before it counts, so pages being written are not
 /// reported as damaged.
+// pgrx reads the column names from this signature, so it cannot be aliased.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn tde_verify() -> TableIterator<
     'static,
@@ -172,6 +181,7 @@ fn tde_verify() -> TableIterator<
         name!(empty, i64),
         name!(checksum_failures, i64),
         name!(generations, String),
+        name!(wal_generations, String),
     ),
 > {
     // SAFETY: reads the control file copy in shared memory.
@@ -186,5 +196,16 @@ fn tde_verify() -> TableIterator<
         r.empty as i64,
         r.checksum_failures as i64,
         generations_json(&r.by_generation),
+        wal_generations_json(),
     ))
+}
+
+/// `{"1": 2, "2": 5}`: segments in pg_wal per data key generation of their
+/// live pages.
+fn wal_generations_json() -> String {
+    // SAFETY: plain read of a global set from pg_control at start-up.
+    let size = unsafe { pg_sys::wal_segment_size } as u64;
+    let wal = tde_core::wal_scan::wal_generations(&startup::data_dir().join("pg_wal"), size)
+        .unwrap_or_else(|e| pgrx::error!("tde: cannot scan pg_wal: {e}"));
+    generations_json(&wal.iter().map(|(g, s)| (*g, s.len() as u64)).collect())
 }

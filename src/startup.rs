@@ -26,6 +26,10 @@ pub fn data_dir() -> PathBuf {
     PathBuf::from(dir.to_string_lossy().into_owned())
 }
 
+pub fn keyring_path() -> PathBuf {
+    data_dir().join(KEYRING_DIR).join(KEYRING_FILE)
+}
+
 fn provider() -> Result<Box<dyn KeyProvider>, Error> {
     match (guc::key_file(), guc::key_command()) {
         (Some(_), Some(_)) => Err(Error::TwoKeySources),

@@ -16,7 +16,7 @@ use libc::{iovec, off_t, size_t, ssize_t};
 use pgrx::pg_sys;
 use tde_core::wal::{SegmentSalt, WalCipher, WalPageHeader, WAL_PAGE_SIZE};
 
-use crate::{guc, state};
+use crate::{guc, keys};
 
 const PAGE: usize = WAL_PAGE_SIZE;
 
@@ -38,7 +38,8 @@ struct Tracked {
 
 thread_local! {
     static FDS: RefCell<Vec<Option<Tracked>>> = const { RefCell::new(Vec::new()) };
-    static CIPHER: RefCell<Option<WalCipher>> = const { RefCell::new(None) };
+    /// This process's WAL cipher and the key epoch it was built for.
+    static CIPHER: RefCell<Option<(u64, WalCipher)>> = const { RefCell::new(None) };
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 
 }
@@ -155,11 +156,15 @@ fn copies_files_as_stored(flags: c_int) -> bool {
     }
 }
 
-fn with_cipher<R>(f: impl FnOnce(&mut WalCipher) -> R) -> R {
+fn with_cipher<R>(f: impl FnOnce(&mut WalCipher) -> R) -> Result<R, ()> {
+    let keys = keys::current();
     CIPHER.with(|c| {
         let mut c = c.borrow_mut();
-        let cipher = c.get_or_insert_with(|| state::get().wal.clone());
-        f(cipher)
+        if c.as_ref().is_none_or(|(epoch, _)| *epoch != keys.epoch) {
+            let cipher = WalCipher::new(&keys.ring, segment_size() as u32).map_err(|_| ())?;
+            *c = Some((keys.epoch, cipher));
+        }
+        Ok(f(&mut c.as_mut().expect("just filled").1))
     })
 }
 
@@ -190,13 +195,13 @@ fn decrypt_read(kind: Kind, buf: &mut [u8], offset: u64) -> Result<(), ()> {
             }
             Ok(())
         }
-    })
+    })?
 }
 
 /// Best-effort decryption of pages about to be partly overwritten: a page
 /// that cannot be decrypted (a header still being received, a leftover of a
 /// recycled file) stays as stored, opaque.
-fn decrypt_for_merge(buf: &mut [u8]) {
+fn decrypt_for_merge(buf: &mut [u8]) -> Result<(), ()> {
     with_cipher(|c| {
         for page in buf.chunks_exact_mut(PAGE) {
             let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
@@ -231,7 +236,7 @@ fn encrypt_write(kind: Kind, buf: &mut [u8], offset: u64, salt: SegmentSalt) -> 
             c.encrypt_page(page, salt).map_err(|_| ())?;
         }
         Ok(())
-    })
+    })?
 }
 
 /// Reads exactly `buf.len()` bytes at `offset` unless the file ends first;
@@ -290,11 +295,10 @@ fn pwrite_full(fd: c_int, buf: &[u8], offset: u64) -> Result<(), c_int> {
 
 /// The salt for new pages of this descriptor: the segment's existing salt if
 /// its first page already belongs to this segment, else a fresh one.
-fn salt_for(fd: c_int, t: Tracked) -> Result<SegmentSalt, c_int> {
+fn salt_for(fd: c_int, t: Tracked, generation: u8) -> Result<SegmentSalt, c_int> {
     if let Some(salt) = t.salt {
         return Ok(salt);
     }
-    let generation = state::get().cipher_generation;
     let mut salt = None;
     if let Kind::Segment { start } = t.kind {
         salt = with_scratch(PAGE, |first| -> Result<_, c_int> {
@@ -370,11 +374,11 @@ fn tracked_pwrite(fd: c_int, t: Tracked, src: &[u8], offset: u64) -> ssize_t {
     let result = (|| -> Result<(), c_int> {
         let start = offset - offset % PAGE as u64;
         let end = (offset + src.len() as u64).div_ceil(PAGE as u64) * PAGE as u64;
-        let encrypt = guc::WAL_ENCRYPTION.get();
-        let salt = if encrypt {
-            Some(salt_for(fd, t)?)
-        } else {
-            None
+        // Held until the write below has returned: see `keys`.
+        let guard = guc::WAL_ENCRYPTION.get().then(keys::for_write);
+        let salt = match &guard {
+            Some(g) => Some(salt_for(fd, t, g.generation())?),
+            None => None,
         };
         let len = (end - start) as usize;
         with_scratch(len, |s| {
@@ -387,7 +391,7 @@ fn tracked_pwrite(fd: c_int, t: Tracked, src: &[u8], offset: u64) -> ssize_t {
                 pread_full(fd, &mut s[len - PAGE..], end - PAGE as u64)?;
             }
             if head != 0 || tail != 0 {
-                decrypt_for_merge(s);
+                decrypt_for_merge(s).map_err(|_| libc::EIO)?;
             }
             s[head..head + src.len()].copy_from_slice(src);
             if let Some(salt) = salt {

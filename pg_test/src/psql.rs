@@ -114,6 +114,11 @@ impl Psql {
         format!("{what}: {}", self.stderr.lock().expect("stderr lock"))
     }
 
+    /// Everything psql has written to stderr so far (notices, warnings).
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
     /// Closes the connection (closing psql's stdin) and waits for psql to exit.
     pub fn close(mut self) {
         self.finish();

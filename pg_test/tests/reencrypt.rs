@@ -184,3 +184,57 @@ fn encrypt_relation_rewrites_only_that_relation() {
     );
     c.stop();
 }
+
+/// A relation dropped while `tde_encrypt_all()` is rewriting it is skipped:
+/// its file is truncated under the run, which then finds nothing left.
+#[test]
+fn encrypt_all_skips_a_relation_dropped_under_it() {
+    let dir = TestDir::new();
+    let c = pg_test::encrypted_cluster(&dir);
+    c.set_and_reload("tde.data_encryption", "off", "off");
+    c.psql(
+        "CREATE TABLE keep(id int PRIMARY KEY, v text);
+         INSERT INTO keep SELECT g, md5(g::text) FROM generate_series(1, 5000) g;
+         CREATE TABLE doomed AS SELECT g, md5(g::text) AS v FROM generate_series(1, 300000) g;
+         CHECKPOINT;",
+    );
+    c.set_and_reload("tde.data_encryption", "on", "on");
+    let before = c.psql("SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM keep");
+    let doomed = c.relation_file("doomed");
+
+    let mut run = c.connect();
+    let worker = std::thread::spawn(move || {
+        let out = run.try_exec("SELECT tde_encrypt_all()");
+        let notices = run.stderr_text();
+        run.close();
+        (out, notices)
+    });
+    // `doomed` takes the run seconds: drop it once its first page is
+    // stored encrypted.
+    let started = Instant::now();
+    while pg_test::wal::read_at(&doomed, 0, 8192)[11] & 0x80 == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "tde_encrypt_all did not reach table doomed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c.psql("DROP TABLE doomed");
+    let (result, notices) = worker.join().unwrap();
+    let rewritten: i64 = match &result {
+        Ok(n) => n.trim().parse().unwrap(),
+        Err(e) => panic!("tde_encrypt_all failed with a concurrent drop: {e}"),
+    };
+    assert!(rewritten > 0);
+    assert!(
+        notices.contains("its relation was dropped or rewritten meanwhile"),
+        "nothing was skipped: the drop came too late to test anything:\n{notices}"
+    );
+    assert_eq!(c.psql("SELECT tde_encrypt_all()"), "0");
+    assert_eq!(c.psql("SELECT plaintext FROM tde_verify()"), "0");
+    assert_eq!(
+        c.psql("SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM keep"),
+        before
+    );
+    c.stop();
+}

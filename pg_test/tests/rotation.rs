@@ -203,3 +203,40 @@ fn standby_with_another_key_refuses_to_start() {
     );
     primary.stop();
 }
+
+/// A keyring rewrite writes a temporary file, syncs it and renames it over
+/// the keyring. A crash before the rename leaves the old keyring and a
+/// partial temporary file: the old key still opens the keyring, and the next
+/// rotation replaces the leftover. (A crash after the rename leaves the new
+/// keyring, which the test above opens with the new key.)
+#[test]
+fn a_rotation_cut_short_before_the_rename_leaves_the_old_keyring() {
+    let dir = TestDir::new();
+    let c = encrypted_cluster(&dir);
+    c.psql("CREATE TABLE r(id int, v text); INSERT INTO r SELECT g, md5(g::text) FROM generate_series(1, 500) g");
+    let before = digest(&c);
+    let old_fp = tde::status(&c).principal_key_fingerprint;
+    c.stop();
+    let keyring = std::fs::read(c.keyring_path()).unwrap();
+    let leftover = c.keyring_dir().join("keyring.json.tmp");
+    os::write_file(&leftover, &keyring[..keyring.len() / 2], 0o600);
+    c.start();
+    assert_eq!(digest(&c), before);
+    assert_eq!(tde::status(&c).principal_key_fingerprint, old_fp);
+    let new_key = dir.key_file("rotated", &random_key_hex(), 0o600);
+    let new_fp = c.psql(&format!(
+        "SELECT tde_rotate_principal_key(new_key_file => {})",
+        quote(&new_key.display().to_string())
+    ));
+    assert!(!leftover.exists(), "the temporary file was left behind");
+    c.psql("SELECT tde_rotate_data_key()");
+    c.stop();
+    c.set(
+        "tde.principal_key_file",
+        &quote(&new_key.display().to_string()),
+    );
+    c.start();
+    assert_eq!(tde::status(&c).principal_key_fingerprint, new_fp);
+    assert_eq!(tde::status(&c).data_key_generation, 2);
+    assert_eq!(digest(&c), before);
+}

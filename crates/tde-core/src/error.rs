@@ -55,8 +55,13 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("the keyring's data keys fail authentication under this server's keyring key: the file has been tampered with, is corrupt, or belongs to another keyring")]
+    KeyringBodyMismatch,
+
     #[error("cannot change principal keys: {0}")]
     PrincipalKeyChange(String),
+    #[error("cannot change data keys: {0}")]
+    DataKeyChange(String),
     #[error("cannot read pg_control \"{path}\": {reason}")]
     ControlFile { path: PathBuf, reason: String },
 

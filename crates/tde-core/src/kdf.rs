@@ -133,3 +133,13 @@ pub fn wrap_keys(principal: &Key256, nonce: &[u8; 16]) -> (Key256, Key256) {
         expand(principal, nonce, &[b"tde/v1/wrap/mac"]),
     )
 }
+
+/// Keys protecting the data keys under the keyring key R (keyring format 2):
+/// `(HKDF(R, cluster salt, "tde/v2/keyring/enc"), HKDF(R, cluster salt,
+/// "tde/v2/keyring/mac"))`.
+pub fn keyring_keys(keyring_key: &Key256, cluster_salt: &[u8; 32]) -> (Key256, Key256) {
+    (
+        expand(keyring_key, cluster_salt, &[b"tde/v2/keyring/enc"]),
+        expand(keyring_key, cluster_salt, &[b"tde/v2/keyring/mac"]),
+    )
+}

@@ -1,35 +1,50 @@
 //! The keyring file `$PGDATA/pg_tde/keyring.json` (DESIGN §2).
 //!
-//! Layout (format version 1):
+//! Layout (format version 2):
 //!
 //! ```json
-//! { "format": "tde-keyring", "version": 1,
+//! { "format": "tde-keyring", "version": 2,
 //!   "system_identifier": "7301…", "cluster_salt": "<64 hex>",
 //!   "principals": [ { "fingerprint": "<16 hex>", "nonce": "<32 hex>",
-//!                     "data_keys": [ { "generation": 1, "wrapped": "<64 hex>" } ],
-//!                     "mac": "<64 hex>" } ] }
+//!                     "wrapped_key": "<64 hex>", "mac": "<64 hex>" } ],
+//!   "last_generation": 2,
+//!   "data_keys": [ { "generation": 1, "nonce": "<32 hex>", "wrapped": "<64 hex>" } ],
+//!   "mac": "<64 hex>" }
 //! ```
 //!
-//! Each principal entry is a self-contained, authenticated copy of every data
-//! key: with K the principal key and a fresh random nonce N per entry,
-//! `enc = HKDF(K, N, "enc")`, `mac = HKDF(K, N, "mac")`; each data key is
-//! AES-256-CTR encrypted under `enc` with a counter block that starts at its
-//! generation, and one HMAC-SHA256 under `mac` covers the header, the entry's
-//! fingerprint and nonce and every wrapped key (encrypt-then-MAC; a full
-//! HMAC-SHA256 tag commits to the key). The current generation is the highest
-//! one, so rotation never edits a field another principal's MAC covers.
+//! Two layers. A random 256-bit **keyring key** R wraps the data keys once;
+//! each principal entry wraps R under one principal key. So a server holding
+//! only its own principal key can add or drop a data key generation online
+//! and every other principal key (a recovery key) still opens the result,
+//! and replacing a principal key touches only its own entry.
 //!
-//! Byte by byte (integers little-endian, `fp` the fingerprint's 16 ASCII hex
-//! digits, `ct_i` the 32-byte wrapped key of generation `g_i`):
+//! Principal entry (K the principal key, N a fresh random nonce per entry):
 //!
 //! ```text
-//! enc_key = HKDF-SHA256(ikm = K, salt = N, info = "tde/v1/wrap/enc", 32 bytes)
-//! mac_key = HKDF-SHA256(ikm = K, salt = N, info = "tde/v1/wrap/mac", 32 bytes)
-//! ct_i    = AES-256-CTR(enc_key, counter block = g_i ‖ 0^15) XOR DEK_i
-//! mac     = HMAC-SHA256(mac_key, "tde/v1/keyring-entry" ‖ 0x00 ‖ u64 version
-//!             ‖ u64 system_identifier ‖ cluster_salt (32) ‖ u64 len(fp) ‖ fp
-//!             ‖ N (16) ‖ u64 count ‖ (g_i (1) ‖ ct_i (32)) for each key in order)
+//! enc_P  = HKDF-SHA256(ikm = K, salt = N, info = "tde/v1/wrap/enc", 32 bytes)
+//! mac_P  = HKDF-SHA256(ikm = K, salt = N, info = "tde/v1/wrap/mac", 32 bytes)
+//! wrapped_key = AES-256-CTR(enc_P, counter block = 0^16) XOR R
+//! mac    = HMAC-SHA256(mac_P, "tde/v2/keyring-principal" ‖ 0x00 ‖ u64 version
+//!            ‖ u64 system_identifier ‖ cluster_salt (32) ‖ u64 len(fp) ‖ fp
+//!            ‖ N (16) ‖ wrapped_key (32))
 //! ```
+//!
+//! Data keys (n_i a fresh random nonce per wrapped key, g_i its generation):
+//!
+//! ```text
+//! enc_R  = HKDF-SHA256(ikm = R, salt = cluster_salt, info = "tde/v2/keyring/enc")
+//! mac_R  = HKDF-SHA256(ikm = R, salt = cluster_salt, info = "tde/v2/keyring/mac")
+//! ct_i   = AES-256-CTR(enc_R, counter block = n_i) XOR DEK_i
+//! mac    = HMAC-SHA256(mac_R, "tde/v2/keyring-data-keys" ‖ 0x00 ‖ u64 version
+//!            ‖ u64 system_identifier ‖ cluster_salt (32) ‖ last_generation (1)
+//!            ‖ u64 count ‖ (g_i (1) ‖ n_i (16) ‖ ct_i (32)) for each key in order)
+//! ```
+//!
+//! Integers are little-endian and `fp` is the fingerprint's 16 ASCII hex
+//! digits. Both MACs are full HMAC-SHA256 tags (encrypt-then-MAC; the tag
+//! commits to the key). The current generation is the highest one held;
+//! `last_generation` is the highest ever issued, so a dropped generation
+//! number is never issued again.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -41,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::kdf::{fill_random, wrap_keys, Key256, KEY_LEN};
+use crate::kdf::{fill_random, keyring_keys, wrap_keys, Key256, KEY_LEN};
 use crate::principal::PrincipalKey;
 use crate::{Error, Result};
 
@@ -49,7 +64,7 @@ type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 pub const FORMAT_NAME: &str = "tde-keyring";
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 /// Generations are stored in one byte of the page mark and WAL salt; 0 means
 /// "not encrypted".
 pub const MAX_GENERATION: u8 = 255;
@@ -66,36 +81,45 @@ pub struct KeyringFile {
     pub system_identifier: String,
     pub cluster_salt: String,
     pub principals: Vec<PrincipalEntry>,
+    pub last_generation: u8,
+    pub data_keys: Vec<WrappedKey>,
+    pub mac: String,
 }
 
+/// The keyring key, wrapped under one principal key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalEntry {
     pub fingerprint: String,
     pub nonce: String,
-    pub data_keys: Vec<WrappedKey>,
+    pub wrapped_key: String,
     pub mac: String,
 }
 
+/// One data key, wrapped under the keyring key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WrappedKey {
     pub generation: u8,
+    pub nonce: String,
     pub wrapped: String,
 }
 
 /// The unwrapped keyring: what the server holds in memory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Keyring {
     pub system_identifier: u64,
     pub cluster_salt: [u8; 32],
     /// Fingerprint of the principal key that opened it.
     pub opened_with: String,
+    keyring_key: Key256,
+    last_generation: u8,
     data_keys: BTreeMap<u8, Key256>,
 }
 
 impl Keyring {
-    /// A new keyring for a cluster: random cluster salt, data key generation 1.
+    /// A new keyring for a cluster: random cluster salt and keyring key,
+    /// data key generation 1.
     pub fn generate(system_identifier: u64) -> Result<Keyring> {
         let mut cluster_salt = [0u8; 32];
         fill_random(&mut cluster_salt)?;
@@ -105,18 +129,23 @@ impl Keyring {
             system_identifier,
             cluster_salt,
             opened_with: String::new(),
+            keyring_key: Key256::random()?,
+            last_generation: 1,
             data_keys,
         })
     }
 
-    /// A keyring from explicit key material, for tools that import keys and
-    /// for known-answer tests. [`Keyring::generate`] is what a cluster uses.
+    /// A keyring from explicit data keys, for tools that import keys and for
+    /// known-answer tests; its keyring key is random (see
+    /// [`Keyring::with_keyring_key`]). [`Keyring::generate`] is what a
+    /// cluster uses.
     ///
     /// # Panics
     ///
     /// If `data_keys` is empty or holds generation 0 (0 means "not
-    /// encrypted" in the page mark and WAL salt). A later duplicate of a
-    /// generation replaces the earlier one.
+    /// encrypted" in the page mark and WAL salt), or if the operating
+    /// system's random generator fails. A later duplicate of a generation
+    /// replaces the earlier one.
     pub fn from_parts(
         system_identifier: u64,
         cluster_salt: [u8; 32],
@@ -135,8 +164,30 @@ impl Keyring {
             system_identifier,
             cluster_salt,
             opened_with: String::new(),
+            keyring_key: Key256::random().expect("operating system random generator"),
+            last_generation: *data_keys.keys().next_back().expect("not empty"),
             data_keys,
         }
+    }
+
+    /// The same keyring under an explicit keyring key (known-answer tests).
+    pub fn with_keyring_key(mut self, keyring_key: Key256) -> Keyring {
+        self.keyring_key = keyring_key;
+        self
+    }
+
+    /// The same cluster and keyring key holding exactly `data_keys` (a
+    /// server's view after generations were added or dropped at run time).
+    ///
+    /// # Panics
+    ///
+    /// Under the conditions of [`Keyring::from_parts`].
+    pub fn with_data_keys(&self, data_keys: impl IntoIterator<Item = (u8, Key256)>) -> Keyring {
+        let mut out = Keyring::from_parts(self.system_identifier, self.cluster_salt, data_keys)
+            .with_keyring_key(self.keyring_key.clone());
+        out.opened_with = self.opened_with.clone();
+        out.last_generation = out.last_generation.max(self.last_generation);
+        out
     }
 
     pub fn current_generation(&self) -> u8 {
@@ -147,6 +198,17 @@ impl Keyring {
             .expect("a keyring always holds at least one data key")
     }
 
+    /// The random key that wraps the data keys; what a running server uses
+    /// to reread its keyring after a change.
+    pub fn keyring_key(&self) -> &Key256 {
+        &self.keyring_key
+    }
+
+    /// The highest generation ever issued (dropped ones included).
+    pub fn last_generation(&self) -> u8 {
+        self.last_generation
+    }
+
     pub fn data_key(&self, generation: u8) -> Option<&Key256> {
         self.data_keys.get(&generation)
     }
@@ -155,19 +217,30 @@ impl Keyring {
         self.data_keys.keys().copied()
     }
 
-    /// Serializes the keyring with one authenticated copy of the data keys per
-    /// principal key given.
+    /// Whether `other` was opened from the same keyring (cluster, salt and
+    /// keyring key), whatever principal key opened it.
+    pub fn same_keyring(&self, other: &Keyring) -> bool {
+        self.system_identifier == other.system_identifier
+            && self.cluster_salt == other.cluster_salt
+            && self.keyring_key == other.keyring_key
+    }
+
+    /// Serializes the keyring with one entry per principal key given.
     pub fn seal(&self, principals: &[&PrincipalKey]) -> Result<KeyringFile> {
         let mut entries = Vec::with_capacity(principals.len());
         for p in principals {
             entries.push(self.seal_entry(p)?);
         }
+        let (data_keys, mac) = self.seal_data_keys()?;
         Ok(KeyringFile {
             format: FORMAT_NAME.to_string(),
             version: FORMAT_VERSION,
             system_identifier: self.system_identifier.to_string(),
             cluster_salt: hex::encode(self.cluster_salt),
             principals: entries,
+            last_generation: self.last_generation,
+            data_keys,
+            mac,
         })
     }
 
@@ -176,12 +249,8 @@ impl Keyring {
         fill_random(&mut nonce)?;
         let (enc, mac_key) = wrap_keys(principal.key(), &nonce);
         let fingerprint = principal.fingerprint();
-        let mut wrapped = Vec::with_capacity(self.data_keys.len());
-        for (&generation, dek) in &self.data_keys {
-            let mut buf = Zeroizing::new(*dek.as_bytes());
-            wrap_cipher(&enc, generation).apply_keystream(&mut buf[..]);
-            wrapped.push((generation, *buf));
-        }
+        let mut wrapped = Zeroizing::new(*self.keyring_key.as_bytes());
+        ctr(&enc, &[0; 16]).apply_keystream(&mut wrapped[..]);
         let tag = entry_mac(
             &mac_key,
             self.system_identifier,
@@ -193,22 +262,57 @@ impl Keyring {
         Ok(PrincipalEntry {
             fingerprint,
             nonce: hex::encode(nonce),
-            data_keys: wrapped
-                .iter()
-                .map(|(generation, ct)| WrappedKey {
-                    generation: *generation,
-                    wrapped: hex::encode(ct),
-                })
-                .collect(),
+            wrapped_key: hex::encode(*wrapped),
             mac: hex::encode(tag),
         })
     }
+
+    fn seal_data_keys(&self) -> Result<(Vec<WrappedKey>, String)> {
+        let (enc, mac_key) = keyring_keys(&self.keyring_key, &self.cluster_salt);
+        let mut wrapped = Vec::with_capacity(self.data_keys.len());
+        for (&generation, dek) in &self.data_keys {
+            let mut nonce = [0u8; 16];
+            fill_random(&mut nonce)?;
+            let mut buf = Zeroizing::new(*dek.as_bytes());
+            ctr(&enc, &nonce).apply_keystream(&mut buf[..]);
+            wrapped.push((generation, nonce, *buf));
+        }
+        let tag = data_keys_mac(
+            &mac_key,
+            self.system_identifier,
+            &self.cluster_salt,
+            self.last_generation,
+            &wrapped,
+        );
+        let keys = wrapped
+            .iter()
+            .map(|(generation, nonce, ct)| WrappedKey {
+                generation: *generation,
+                nonce: hex::encode(nonce),
+                wrapped: hex::encode(ct),
+            })
+            .collect();
+        Ok((keys, hex::encode(tag)))
+    }
 }
 
-fn wrap_cipher(enc: &Key256, generation: u8) -> Aes256Ctr {
-    let mut iv = [0u8; 16];
-    iv[0] = generation;
-    Aes256Ctr::new(enc.as_bytes().into(), &iv.into())
+fn ctr(key: &Key256, iv: &[u8; 16]) -> Aes256Ctr {
+    Aes256Ctr::new(key.as_bytes().into(), iv.into())
+}
+
+fn new_mac(
+    key: &Key256,
+    label: &[u8],
+    system_identifier: u64,
+    cluster_salt: &[u8; 32],
+) -> HmacSha256 {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(label);
+    mac.update(&[0]);
+    mac.update(&FORMAT_VERSION.to_le_bytes());
+    mac.update(&system_identifier.to_le_bytes());
+    mac.update(cluster_salt);
+    mac
 }
 
 fn entry_mac(
@@ -217,20 +321,39 @@ fn entry_mac(
     cluster_salt: &[u8; 32],
     fingerprint: &str,
     nonce: &[u8; 16],
-    wrapped: &[(u8, [u8; KEY_LEN])],
+    wrapped_key: &[u8; KEY_LEN],
 ) -> [u8; 32] {
-    let mut mac =
-        <HmacSha256 as KeyInit>::new_from_slice(mac_key.as_bytes()).expect("any key length");
-    mac.update(b"tde/v1/keyring-entry\0");
-    mac.update(&FORMAT_VERSION.to_le_bytes());
-    mac.update(&system_identifier.to_le_bytes());
-    mac.update(cluster_salt);
+    let mut mac = new_mac(
+        mac_key,
+        b"tde/v2/keyring-principal",
+        system_identifier,
+        cluster_salt,
+    );
     mac.update(&(fingerprint.len() as u64).to_le_bytes());
     mac.update(fingerprint.as_bytes());
     mac.update(nonce);
+    mac.update(wrapped_key);
+    mac.finalize().into_bytes().into()
+}
+
+fn data_keys_mac(
+    mac_key: &Key256,
+    system_identifier: u64,
+    cluster_salt: &[u8; 32],
+    last_generation: u8,
+    wrapped: &[(u8, [u8; 16], [u8; KEY_LEN])],
+) -> [u8; 32] {
+    let mut mac = new_mac(
+        mac_key,
+        b"tde/v2/keyring-data-keys",
+        system_identifier,
+        cluster_salt,
+    );
+    mac.update(&[last_generation]);
     mac.update(&(wrapped.len() as u64).to_le_bytes());
-    for (generation, ct) in wrapped {
+    for (generation, nonce, ct) in wrapped {
         mac.update(&[*generation]);
+        mac.update(nonce);
         mac.update(ct);
     }
     mac.finalize().into_bytes().into()
@@ -262,7 +385,7 @@ impl KeyringFile {
         if bytes.is_empty() {
             return Err(corrupt("file is empty"));
         }
-        // Read the version first so a future format gets a version error, not
+        // Read the version first so another format gets a version error, not
         // a complaint about unknown fields.
         let probe: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not valid JSON ({e})")))?;
@@ -290,6 +413,7 @@ impl KeyringFile {
     fn validate(&self) -> Result<()> {
         self.system_identifier()?;
         hex_array::<32>("cluster_salt", &self.cluster_salt)?;
+        hex_array::<32>("mac", &self.mac)?;
         if self.principals.is_empty() {
             return Err(corrupt("no principal key entries"));
         }
@@ -297,6 +421,7 @@ impl KeyringFile {
         for p in &self.principals {
             hex_array::<8>("fingerprint", &p.fingerprint)?;
             hex_array::<16>("nonce", &p.nonce)?;
+            hex_array::<KEY_LEN>("wrapped_key", &p.wrapped_key)?;
             hex_array::<32>("mac", &p.mac)?;
             if !seen.insert(p.fingerprint.as_str()) {
                 return Err(corrupt(format!(
@@ -304,19 +429,25 @@ impl KeyringFile {
                     p.fingerprint
                 )));
             }
-            if p.data_keys.is_empty() {
-                return Err(corrupt("a principal entry holds no data keys"));
+        }
+        if self.data_keys.is_empty() {
+            return Err(corrupt("the keyring holds no data keys"));
+        }
+        let mut last = 0u8;
+        for k in &self.data_keys {
+            if k.generation <= last {
+                return Err(corrupt(
+                    "data key generations must be positive and strictly increasing",
+                ));
             }
-            let mut last = 0u8;
-            for k in &p.data_keys {
-                if k.generation <= last {
-                    return Err(corrupt(
-                        "data key generations must be positive and strictly increasing",
-                    ));
-                }
-                last = k.generation;
-                hex_array::<KEY_LEN>("wrapped", &k.wrapped)?;
-            }
+            last = k.generation;
+            hex_array::<16>("nonce", &k.nonce)?;
+            hex_array::<KEY_LEN>("wrapped", &k.wrapped)?;
+        }
+        if self.last_generation < last {
+            return Err(corrupt(
+                "\"last_generation\" is lower than a generation the keyring holds",
+            ));
         }
         Ok(())
     }
@@ -334,7 +465,13 @@ impl KeyringFile {
             .collect()
     }
 
-    /// Unwraps the data keys with `principal`, checking the MAC first.
+    /// Generations of the data keys, as listed (not authenticated).
+    pub fn generations(&self) -> Vec<u8> {
+        self.data_keys.iter().map(|k| k.generation).collect()
+    }
+
+    /// Unwraps the keyring key with `principal` and the data keys with it,
+    /// checking each MAC before using what it covers.
     pub fn open(&self, principal: &PrincipalKey) -> Result<Keyring> {
         self.validate()?;
         let fingerprint = principal.fingerprint();
@@ -349,11 +486,8 @@ impl KeyringFile {
         let system_identifier = self.system_identifier()?;
         let cluster_salt = hex_array::<32>("cluster_salt", &self.cluster_salt)?;
         let nonce = hex_array::<16>("nonce", &entry.nonce)?;
+        let wrapped = hex_array::<KEY_LEN>("wrapped_key", &entry.wrapped_key)?;
         let stored_mac = hex_array::<32>("mac", &entry.mac)?;
-        let mut wrapped = Vec::with_capacity(entry.data_keys.len());
-        for k in &entry.data_keys {
-            wrapped.push((k.generation, hex_array::<KEY_LEN>("wrapped", &k.wrapped)?));
-        }
         let (enc, mac_key) = wrap_keys(principal.key(), &nonce);
         let expected = entry_mac(
             &mac_key,
@@ -366,22 +500,65 @@ impl KeyringFile {
         if !bool::from(expected.ct_eq(&stored_mac)) {
             return Err(Error::KeyringTampered { fingerprint });
         }
+        let mut keyring_key = Zeroizing::new(wrapped);
+        ctr(&enc, &[0; 16]).apply_keystream(&mut keyring_key[..]);
+        let mut ring = self
+            .open_with_keyring_key(&Key256::from_bytes(*keyring_key))
+            .map_err(|e| match e {
+                Error::KeyringBodyMismatch => Error::KeyringTampered {
+                    fingerprint: fingerprint.clone(),
+                },
+                other => other,
+            })?;
+        ring.opened_with = fingerprint;
+        Ok(ring)
+    }
+
+    /// Unwraps the data keys with the keyring key itself: how a running
+    /// server, which holds it, rereads its keyring after a change. Checks
+    /// the data keys' MAC first.
+    pub fn open_with_keyring_key(&self, keyring_key: &Key256) -> Result<Keyring> {
+        self.validate()?;
+        let system_identifier = self.system_identifier()?;
+        let cluster_salt = hex_array::<32>("cluster_salt", &self.cluster_salt)?;
+        let stored_mac = hex_array::<32>("mac", &self.mac)?;
+        let mut wrapped = Vec::with_capacity(self.data_keys.len());
+        for k in &self.data_keys {
+            wrapped.push((
+                k.generation,
+                hex_array::<16>("nonce", &k.nonce)?,
+                hex_array::<KEY_LEN>("wrapped", &k.wrapped)?,
+            ));
+        }
+        let (enc, mac_key) = keyring_keys(keyring_key, &cluster_salt);
+        let expected = data_keys_mac(
+            &mac_key,
+            system_identifier,
+            &cluster_salt,
+            self.last_generation,
+            &wrapped,
+        );
+        if !bool::from(expected.ct_eq(&stored_mac)) {
+            return Err(Error::KeyringBodyMismatch);
+        }
         let mut data_keys = BTreeMap::new();
-        for (generation, ct) in wrapped {
+        for (generation, nonce, ct) in wrapped {
             let mut buf = Zeroizing::new(ct);
-            wrap_cipher(&enc, generation).apply_keystream(&mut buf[..]);
+            ctr(&enc, &nonce).apply_keystream(&mut buf[..]);
             data_keys.insert(generation, Key256::from_bytes(*buf));
         }
         Ok(Keyring {
             system_identifier,
             cluster_salt,
-            opened_with: fingerprint,
+            opened_with: String::new(),
+            keyring_key: keyring_key.clone(),
+            last_generation: self.last_generation,
             data_keys,
         })
     }
 
     /// A copy with one more principal key able to open it. `ring` must be
-    /// this file opened with a key it already holds.
+    /// this keyring, opened with a key it already holds.
     pub fn with_principal_added(&self, ring: &Keyring, new: &PrincipalKey) -> Result<KeyringFile> {
         self.check_same_keyring(ring)?;
         let fingerprint = new.fingerprint();
@@ -449,6 +626,104 @@ impl KeyringFile {
         Ok(out)
     }
 
+    /// Data-key rotation: a copy holding a new random data key as generation
+    /// `last_generation + 1`, and the keyring it opens to. `ring` must be
+    /// this keyring (any principal key, or a server's run-time view); the
+    /// data keys come from this file, so a concurrent change is never lost.
+    pub fn with_data_key_added(&self, ring: &Keyring) -> Result<(KeyringFile, Keyring)> {
+        let current = self.open_with_keyring_key(&ring.keyring_key)?;
+        let Some(generation) = current.last_generation.checked_add(1) else {
+            return Err(Error::DataKeyChange(format!(
+                "all {MAX_GENERATION} data key generations have been issued"
+            )));
+        };
+        let mut keys: Vec<(u8, Key256)> = current
+            .data_keys
+            .iter()
+            .map(|(g, k)| (*g, k.clone()))
+            .collect();
+        keys.push((generation, Key256::random()?));
+        let mut next = current.with_data_keys(keys);
+        next.last_generation = generation;
+        next.opened_with = ring.opened_with.clone();
+        Ok((self.with_sealed_data_keys(&next)?, next))
+    }
+
+    /// A copy without data key `generation`, and the keyring it opens to.
+    /// The current (highest) generation cannot be dropped. Whether anything
+    /// still uses the generation is the caller's to prove.
+    pub fn with_data_key_dropped(
+        &self,
+        ring: &Keyring,
+        generation: u8,
+    ) -> Result<(KeyringFile, Keyring)> {
+        let current = self.open_with_keyring_key(&ring.keyring_key)?;
+        if current.data_key(generation).is_none() {
+            return Err(Error::DataKeyChange(format!(
+                "the keyring holds no data key generation {generation} (it holds {})",
+                list(current.generations())
+            )));
+        }
+        if generation == current.current_generation() {
+            return Err(Error::DataKeyChange(format!(
+                "generation {generation} is the current data key; rotate to a new one first"
+            )));
+        }
+        let keys: Vec<(u8, Key256)> = current
+            .data_keys
+            .iter()
+            .filter(|(g, _)| **g != generation)
+            .map(|(g, k)| (*g, k.clone()))
+            .collect();
+        let mut next = current.with_data_keys(keys);
+        next.opened_with = ring.opened_with.clone();
+        Ok((self.with_sealed_data_keys(&next)?, next))
+    }
+
+    /// A copy whose data keys are `ring`'s (which must share this file's
+    /// keyring key, an invariant of the callers); principal entries stay.
+    fn with_sealed_data_keys(&self, ring: &Keyring) -> Result<KeyringFile> {
+        let (data_keys, mac) = ring.seal_data_keys()?;
+        let mut out = self.clone();
+        out.last_generation = ring.last_generation;
+        out.data_keys = data_keys;
+        out.mac = mac;
+        Ok(out)
+    }
+
+    /// A copy holding every data key of this file and of `ring` (a node's
+    /// run-time view), so adopting a keyring copied from another node never
+    /// loses a key this node holds. Refuses two different keys under one
+    /// generation number.
+    pub fn merged_with(&self, ring: &Keyring) -> Result<(KeyringFile, Keyring)> {
+        let theirs = self.open_with_keyring_key(&ring.keyring_key)?;
+        let mut keys: BTreeMap<u8, Key256> = theirs.data_keys.clone();
+        for (g, k) in &ring.data_keys {
+            match keys.get(g) {
+                Some(existing) if existing != k => {
+                    return Err(Error::DataKeyChange(format!(
+                        "generation {g} holds a different data key in this keyring than on this server; the keyrings have diverged"
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    keys.insert(*g, k.clone());
+                }
+            }
+        }
+        let mut next = theirs.with_data_keys(keys);
+        next.last_generation = theirs.last_generation.max(ring.last_generation);
+        next.opened_with = ring.opened_with.clone();
+        let file = if next.data_keys == theirs.data_keys
+            && next.last_generation == theirs.last_generation
+        {
+            self.clone()
+        } else {
+            self.with_sealed_data_keys(&next)?
+        };
+        Ok((file, next))
+    }
+
     fn check_same_keyring(&self, ring: &Keyring) -> Result<()> {
         let salt = hex_array::<32>("cluster_salt", &self.cluster_salt)?;
         if self.system_identifier()? != ring.system_identifier || salt != ring.cluster_salt {
@@ -456,7 +731,11 @@ impl KeyringFile {
                 "the unwrapped keys belong to another keyring".into(),
             ));
         }
-        Ok(())
+        self.open_with_keyring_key(&ring.keyring_key)
+            .map(|_| ())
+            .map_err(|_| {
+                Error::PrincipalKeyChange("the unwrapped keys belong to another keyring".into())
+            })
     }
 
     pub fn to_json(&self) -> String {
@@ -464,6 +743,13 @@ impl KeyringFile {
         s.push('\n');
         s
     }
+}
+
+fn list(generations: impl Iterator<Item = u8>) -> String {
+    generations
+        .map(|g| g.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Opens the keyring and checks that it belongs to this cluster.
@@ -561,10 +847,92 @@ mod tests {
         t.system_identifier = "6".into();
         assert!(matches!(t.open(&pk(1)), Err(Error::KeyringTampered { .. })));
         let mut t = file.clone();
-        let mut w = t.principals[0].data_keys[0].wrapped.clone().into_bytes();
-        w[0] = if w[0] == b'0' { b'1' } else { b'0' };
-        t.principals[0].data_keys[0].wrapped = String::from_utf8(w).unwrap();
+        t.data_keys[0].wrapped = flip_digit(&t.data_keys[0].wrapped);
         assert!(matches!(t.open(&pk(1)), Err(Error::KeyringTampered { .. })));
+        let mut t = file.clone();
+        t.principals[0].wrapped_key = flip_digit(&t.principals[0].wrapped_key);
+        assert!(matches!(t.open(&pk(1)), Err(Error::KeyringTampered { .. })));
+        let mut t = file.clone();
+        t.last_generation = 7;
+        assert!(matches!(t.open(&pk(1)), Err(Error::KeyringTampered { .. })));
+    }
+
+    fn flip_digit(hex: &str) -> String {
+        let mut w = hex.to_string().into_bytes();
+        w[0] = if w[0] == b'0' { b'1' } else { b'0' };
+        String::from_utf8(w).unwrap()
+    }
+
+    #[test]
+    fn data_key_added_opens_for_every_principal() {
+        let file = Keyring::generate(5)
+            .unwrap()
+            .seal(&[&pk(1), &pk(2)])
+            .unwrap();
+        let by_one = file.open(&pk(1)).unwrap();
+        let (file2, ring2) = file.with_data_key_added(&by_one).unwrap();
+        assert_eq!(ring2.current_generation(), 2);
+        assert_eq!(ring2.generations().collect::<Vec<_>>(), vec![1, 2]);
+        // The other principal key opens the new generation too.
+        let by_two = KeyringFile::parse(file2.to_json().as_bytes())
+            .unwrap()
+            .open(&pk(2))
+            .unwrap();
+        assert_eq!(by_two.data_key(2), ring2.data_key(2));
+        assert_eq!(by_two.data_key(1), by_one.data_key(1));
+        assert_ne!(by_two.data_key(2), by_one.data_key(1));
+        // Principal entries are untouched.
+        assert_eq!(file2.principals, file.principals);
+    }
+
+    #[test]
+    fn dropped_generation_is_never_reissued() {
+        let file = Keyring::generate(5).unwrap().seal(&[&pk(1)]).unwrap();
+        let ring = file.open(&pk(1)).unwrap();
+        let (f2, r2) = file.with_data_key_added(&ring).unwrap();
+        let e = f2.with_data_key_dropped(&r2, 2).unwrap_err().to_string();
+        assert!(e.contains("current data key"), "{e}");
+        let e = f2.with_data_key_dropped(&r2, 9).unwrap_err().to_string();
+        assert!(e.contains("no data key generation 9"), "{e}");
+        let (f3, r3) = f2.with_data_key_dropped(&r2, 1).unwrap();
+        assert_eq!(r3.generations().collect::<Vec<_>>(), vec![2]);
+        let (f4, r4) = f3.with_data_key_added(&r3).unwrap();
+        assert_eq!(r4.generations().collect::<Vec<_>>(), vec![2, 3]);
+        let opened = f4.open(&pk(1)).unwrap();
+        assert_eq!(opened.last_generation(), 3);
+        assert_eq!(opened.data_key(2), r2.data_key(2));
+    }
+
+    #[test]
+    fn generations_run_out_at_255() {
+        let ring = Keyring::from_parts(5, [1; 32], [(255, Key256::from_bytes([3; 32]))]);
+        let file = ring.seal(&[&pk(1)]).unwrap();
+        let e = file.with_data_key_added(&ring).unwrap_err().to_string();
+        assert!(e.contains("255"), "{e}");
+    }
+
+    #[test]
+    fn merge_keeps_local_keys_and_refuses_divergence() {
+        let file = Keyring::generate(5).unwrap().seal(&[&pk(1)]).unwrap();
+        let ring = file.open(&pk(1)).unwrap();
+        let (f2, r2) = file.with_data_key_added(&ring).unwrap();
+        let (f3, _) = f2.with_data_key_dropped(&r2, 1).unwrap();
+        // A node still at generation 1 adopts the copy with only 2: keeps 1.
+        let (merged, view) = f3.merged_with(&ring).unwrap();
+        assert_eq!(view.generations().collect::<Vec<_>>(), vec![1, 2]);
+        let reopened = merged.open(&pk(1)).unwrap();
+        assert_eq!(reopened.data_key(1), ring.data_key(1));
+        assert_eq!(reopened.data_key(2), r2.data_key(2));
+        // Two nodes that each issued their own generation 2.
+        let (_, other2) = file.with_data_key_added(&ring).unwrap();
+        let e = f2.merged_with(&other2).unwrap_err().to_string();
+        assert!(e.contains("diverged"), "{e}");
+        // A keyring with another keyring key is refused outright.
+        let stranger = Keyring::generate(5).unwrap();
+        assert!(matches!(
+            f2.merged_with(&stranger),
+            Err(Error::KeyringBodyMismatch)
+        ));
     }
 
     #[test]
@@ -602,7 +970,7 @@ mod tests {
     #[test]
     fn version_and_garbage() {
         let file = Keyring::generate(5).unwrap().seal(&[&pk(1)]).unwrap();
-        let text = file.to_json().replace("\"version\": 1", "\"version\": 9");
+        let text = file.to_json().replace("\"version\": 2", "\"version\": 9");
         assert!(matches!(
             KeyringFile::parse(text.as_bytes()),
             Err(Error::KeyringVersion { found: 9, .. })

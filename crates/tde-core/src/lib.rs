@@ -19,5 +19,6 @@ pub mod provider;
 pub mod scan;
 pub mod verify;
 pub mod wal;
+pub mod wal_scan;
 
 pub use error::{Error, Result};

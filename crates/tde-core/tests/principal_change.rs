@@ -32,6 +32,12 @@ fn rotation_replaces_the_old_key_and_keeps_the_data_keys() {
     // The recovery key's entry is untouched and still opens it.
     assert_eq!(rotated.open(&pk(9)).unwrap().data_key(1), ring.data_key(1));
     assert_eq!(rotated.principals[1], file.principals[1]);
+    // Only the rotated entry changes: the data keys are wrapped under the
+    // keyring key, not under any principal key.
+    assert_eq!(rotated.data_keys, file.data_keys);
+    assert_eq!(rotated.mac, file.mac);
+    assert_eq!(rotated.last_generation, file.last_generation);
+    assert!(by_new.same_keyring(&opened));
     // Rotating to a key already present, or from a key not present, fails.
     assert!(rotated
         .with_principal_replaced(&by_new, &pk(2).fingerprint(), &pk(9))
@@ -48,6 +54,8 @@ fn add_and_remove() {
     let opened = file.open(&pk(1)).unwrap();
     let two = reparse(&file.with_principal_added(&opened, &pk(5)).unwrap());
     assert_eq!(two.open(&pk(5)).unwrap().data_key(1), ring.data_key(1));
+    assert_eq!(two.principals[0], file.principals[0]);
+    assert_eq!((&two.data_keys, &two.mac), (&file.data_keys, &file.mac));
     assert!(
         two.with_principal_added(&opened, &pk(5)).is_err(),
         "added twice"
@@ -60,6 +68,37 @@ fn add_and_remove() {
         .unwrap_err();
     assert!(e.to_string().contains("only one"), "{e}");
     assert!(one.with_principal_removed("0000000000000000").is_err());
+}
+
+/// A data key added with one principal key's view is opened by every other
+/// principal key, and a principal key added afterwards opens it too.
+#[test]
+fn data_key_changes_reach_every_principal_key() {
+    let file = Keyring::generate(13)
+        .unwrap()
+        .seal(&[&pk(1), &pk(9)])
+        .unwrap();
+    let by_one = file.open(&pk(1)).unwrap();
+    let (file2, ring2) = file.with_data_key_added(&by_one).unwrap();
+    let file2 = reparse(&file2);
+    assert_eq!(file2.principals, file.principals);
+    let by_nine = file2.open(&pk(9)).unwrap();
+    assert_eq!(by_nine.generations().collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(by_nine.data_key(2), ring2.data_key(2));
+    let (file3, _) = file2.with_data_key_dropped(&by_nine, 1).unwrap();
+    let file3 = reparse(&file3.with_principal_added(&by_nine, &pk(4)).unwrap());
+    for k in [1, 4, 9] {
+        let r = file3.open(&pk(k)).unwrap();
+        assert_eq!(r.generations().collect::<Vec<_>>(), vec![2], "key {k}");
+        assert_eq!(r.data_key(2), ring2.data_key(2), "key {k}");
+        assert_eq!(r.last_generation(), 2);
+    }
+    // A principal key view of a file is refused for another keyring's file.
+    let other = Keyring::generate(13).unwrap().seal(&[&pk(1)]).unwrap();
+    assert!(matches!(
+        other.with_data_key_added(&by_one),
+        Err(Error::KeyringBodyMismatch)
+    ));
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Known-answer tests. Every expected value below was computed once with an
 //! independent implementation (the `openssl` command line tool, Python's
 //! `hmac`/`hashlib`, or PostgreSQL's own `checksum_impl.h`) and pasted in;
-//! the comment next to each gives the exact command.
+//! the comment next to each gives the exact command. (`openssl kdf` prints
+//! colon-separated upper-case hex; the constants drop the colons and use
+//! lower case.)
 //!
 //! Common inputs (hex):
 //!
@@ -9,22 +11,36 @@
 //! DEK   (generation 3)   = 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 //! DEK2  (generation 200) = c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf
 //! SALT  (cluster salt)   = 808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f
+//! SYSID (system id)      = 7301234567890123456 = u64 LE c0bae4e827325365
 //! PK    (principal key)  = 202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f
-//! NONCE (wrap nonce)     = f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff
+//! NONCE (entry nonce)    = f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff
+//! R     (keyring key)    = 404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f
+//! N3    (nonce of gen 3) = a0a1a2a3a4a5a6a7a8a9aaabacadaeaf
+//! N200  (nonce of 200)   = b0b1b2b3b4b5b6b7b8b9babbbcbdbebf
+//! last_generation        = 201 (0xc9: generation 201 was issued and dropped,
+//!                          so it differs from the highest held, 200)
 //! ```
+//!
+//! The keyring vectors follow format version 2 as `keyring.rs` documents it:
+//! R wrapped once per principal key, the data keys wrapped once under keys
+//! derived from R, one MAC per principal entry and one over the data keys.
 
 mod common;
 
 use common::*;
 use tde_core::checksum::{page_checksum, stored_checksum};
-use tde_core::kdf::{page_key, wrap_keys, ForkKind, Key256};
-use tde_core::keyring::KeyringFile;
+use tde_core::kdf::{keyring_keys, page_key, wrap_keys, ForkKind, Key256};
+use tde_core::keyring::{Keyring, KeyringFile};
 use tde_core::page::{PageCipher, ReadOutcome, WriteOutcome, WriteParams, PAGE_SIZE};
 use tde_core::principal::PrincipalKey;
 use tde_core::Error;
 
 const PK: &str = "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f";
 const NONCE: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+const KEYRING_KEY: &str = "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f";
+const NONCE_GEN3: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
+const NONCE_GEN200: &str = "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
+const LAST_GENERATION: u8 = 201;
 
 // openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt hexkey:$DEK -kdfopt hexsalt:$SALT \
 //   -kdfopt hexinfo:$(printf 'tde/v1/page/main' | xxd -p) HKDF
@@ -38,42 +54,86 @@ const PAGE_KEY_INIT: &str = "51c9665268439198966cab336821abf6d15ad8cc02b61b95f5c
 // Same command with hexkey:$DEK2 and info "tde/v1/page/init".
 const PAGE_KEY_INIT_DEK2: &str = "c357f3b0a21b89419a5f3d23d8fd3d9721f38dda5d8d606dcf44bc9f3846d56c";
 
+// Principal entry keys (K = PK, salt = the entry's nonce):
 // openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt hexkey:$PK -kdfopt hexsalt:$NONCE \
 //   -kdfopt hexinfo:$(printf 'tde/v1/wrap/enc' | xxd -p) HKDF      (and 'tde/v1/wrap/mac')
 const WRAP_ENC: &str = "dcefcd9bd8989cc9b045fd6d147af7307085af7071896ada913fb84764c8e209";
 const WRAP_MAC: &str = "0b6ca77b0d5898d8b89272a99068c54a6cab0387b5dd955fe0a72c60b4ab27af";
 
+// Data key wrapping keys (ikm = R, salt = cluster salt):
+// openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt hexkey:$R -kdfopt hexsalt:$SALT \
+//   -kdfopt hexinfo:$(printf 'tde/v2/keyring/enc' | xxd -p) HKDF
+// (info hex 7464652f76322f6b657972696e672f656e63; and 'tde/v2/keyring/mac',
+// 7464652f76322f6b657972696e672f6d6163); cross-checked with the Python HKDF
+// above.
+const RING_ENC: &str = "af32adb597079ad25c0e8a47ab1f70aada777952c97d0ece70dfc77367a4097a";
+const RING_MAC: &str = "555eff437644ccd3b4da4030e6f93829d9dc1a86773414d25b3996f33e4ee112";
+
 // printf 'tde/v1/principal-key-fingerprint' | openssl dgst -sha256 -mac HMAC -macopt hexkey:$PK
 //   = 987f30a64fc691b8d7914f77c5095f330745710b1a230bc72492d82d46596c13 (first 8 bytes kept)
 const PK_FINGERPRINT: &str = "987f30a64fc691b8";
 
-// echo $DEK | xxd -r -p | openssl enc -aes-256-ctr -K $WRAP_ENC -iv 03000000000000000000000000000000 | xxd -p -c 64
-const WRAPPED_DEK_GEN3: &str = "ae6a626975dbc646d2ee7cf19eda4d40c7223cfad6e33893e649485a0aa41706";
-// the same with -iv 01000000000000000000000000000000
-const WRAPPED_DEK_GEN1: &str = "d5dc77821f3fcd69d150edf9e3e3ce7083b029ea7abf7c8f97674858dfa8d139";
-// the same with -iv c8000000000000000000000000000000
-const WRAPPED_DEK_GEN200: &str = "217dad081561819d5329c7799684b013afe5a899e0f123501a7fb3b089f88509";
-// echo $DEK2 | xxd -r -p | openssl enc -aes-256-ctr -K $WRAP_ENC -iv c8000000000000000000000000000000 | xxd -p -c 64
+// R wrapped under the principal entry's encryption key, counter block 0:
+// echo $R | xxd -r -p | openssl enc -aes-256-ctr -K $WRAP_ENC -iv 00000000000000000000000000000000 | xxd -p -c 64
+const WRAPPED_KEYRING_KEY: &str =
+    "000e52e5cfc17c1f5549c980a735d92b580bffa38597b0c6131edaa74ec42ea0";
+// The data keys wrapped under R's encryption key, counter block = their nonce:
+// echo $DEK | xxd -r -p | openssl enc -aes-256-ctr -K $RING_ENC -iv $N3 | xxd -p -c 64
+const WRAPPED_DEK_GEN3: &str = "4d8cb0b53b89de8b70818b783416dd9288ec1e26b5f44da9942fe7a160fdb35d";
+// echo $DEK2 | xxd -r -p | openssl enc -aes-256-ctr -K $RING_ENC -iv $N200 | xxd -p -c 64
 const WRAPPED_DEK2_GEN200: &str =
-    "e1bd6dc8d5a1415d93e907b9564470d36f2568592031e390dabf7370493845c9";
+    "82828d2e61ece4267570ed92df981a424ba29eac457d8f23a6698829b2fbbd82";
+// (All three cross-checked with Python's `cryptography`:
+//  Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(plain).)
 
-// The MAC input of the keyring entry below, laid out as keyring.rs documents
-// it (Python: b"tde/v1/keyring-entry\0" + struct.pack("<QQ", 1, SYSID) + SALT
-// + struct.pack("<Q", 16) + b"987f30a64fc691b8" + NONCE + struct.pack("<Q", 2)
-// + b"\x03" + WRAPPED_DEK_GEN3 + b"\xc8" + WRAPPED_DEK2_GEN200), then
-// echo $MAC_INPUT | xxd -r -p | openssl dgst -sha256 -mac HMAC -macopt hexkey:$WRAP_MAC
-const MAC_INPUT: &str = concat!(
-    "7464652f76312f6b657972696e672d656e747279000100000000000000c0bae4e827325365",
-    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f",
-    "100000000000000039383766333061363466633639316238",
-    "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff0200000000000000",
-    "03ae6a626975dbc646d2ee7cf19eda4d40c7223cfad6e33893e649485a0aa41706",
-    "c8e1bd6dc8d5a1415d93e907b9564470d36f2568592031e390dabf7370493845c9",
+// The MAC input of the principal entry below, laid out as keyring.rs
+// documents it (Python: b"tde/v2/keyring-principal\0" + struct.pack("<QQ",
+// 2, SYSID) + SALT + struct.pack("<Q", 16) + b"987f30a64fc691b8" + NONCE +
+// WRAPPED_KEYRING_KEY), then
+// echo $ENTRY_MAC_INPUT | xxd -r -p | openssl dgst -sha256 -mac HMAC -macopt hexkey:$WRAP_MAC
+// (same value from Python's hmac.new(WRAP_MAC, input, hashlib.sha256)).
+const ENTRY_MAC_INPUT: &str = concat!(
+    "7464652f76322f6b657972696e672d7072696e636970616c00", // label ‖ 0x00
+    "0200000000000000",                                   // version 2
+    "c0bae4e827325365",                                   // SYSID
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f", // SALT
+    "1000000000000000",                                   // len(fp) = 16
+    "39383766333061363466633639316238",                   // "987f30a64fc691b8"
+    "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",                   // NONCE
+    "000e52e5cfc17c1f5549c980a735d92b580bffa38597b0c6131edaa74ec42ea0", // wrapped R
 );
-const ENTRY_MAC: &str = "bf858de4c4bda9a400951f163f58f159b343ecc0222425f95111b45dc241f893";
+const ENTRY_MAC: &str = "4f83a8730c06bb4dc0865dc6101c6b88691de96f2f084d621a8220cc0d9df4d6";
+
+// The MAC input of the data keys below (Python: b"tde/v2/keyring-data-keys\0"
+// + struct.pack("<QQ", 2, SYSID) + SALT + bytes([201]) + struct.pack("<Q", 2)
+// + b"\x03" + N3 + WRAPPED_DEK_GEN3 + b"\xc8" + N200 + WRAPPED_DEK2_GEN200), then
+// echo $KEYS_MAC_INPUT | xxd -r -p | openssl dgst -sha256 -mac HMAC -macopt hexkey:$RING_MAC
+// (same value from Python's hmac).
+const KEYS_MAC_INPUT: &str = concat!(
+    "7464652f76322f6b657972696e672d646174612d6b65797300", // label ‖ 0x00
+    "0200000000000000",                                   // version 2
+    "c0bae4e827325365",                                   // SYSID
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f", // SALT
+    "c9",                                                 // last_generation 201
+    "0200000000000000",                                   // two data keys
+    "03a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",                 // generation 3, N3
+    "4d8cb0b53b89de8b70818b783416dd9288ec1e26b5f44da9942fe7a160fdb35d",
+    "c8b0b1b2b3b4b5b6b7b8b9babbbcbdbebf", // generation 200, N200
+    "82828d2e61ece4267570ed92df981a424ba29eac457d8f23a6698829b2fbbd82",
+);
+const KEYS_MAC: &str = "7ed11dfe58169112788da4977c3caacad3ab065df683a544c428f3a7a1fd77a3";
 
 fn principal() -> PrincipalKey {
     PrincipalKey::from_key(Key256::from_bytes(unhex(PK)))
+}
+
+/// A second principal key (a recovery key) for the sealing tests.
+fn principal2() -> PrincipalKey {
+    PrincipalKey::from_key(Key256::from_bytes(counting32(0x60)))
+}
+
+fn keyring_key() -> Key256 {
+    Key256::from_bytes(unhex(KEYRING_KEY))
 }
 
 // ---------------------------------------------------------------- 1. HKDF
@@ -116,6 +176,14 @@ fn wrap_keys_known_answers() {
         hex::encode(hkdf32(
             &unhex::<32>(PK),
             &unhex::<16>(NONCE),
+            b"tde/v1/wrap/enc"
+        )),
+        WRAP_ENC
+    );
+    assert_eq!(
+        hex::encode(hkdf32(
+            &unhex::<32>(PK),
+            &unhex::<16>(NONCE),
             b"tde/v1/wrap/mac"
         )),
         WRAP_MAC
@@ -123,149 +191,389 @@ fn wrap_keys_known_answers() {
 }
 
 #[test]
+fn keyring_keys_known_answers() {
+    let (enc, mac) = keyring_keys(&keyring_key(), &unhex(SALT));
+    assert_eq!(hex::encode(enc.as_bytes()), RING_ENC);
+    assert_eq!(hex::encode(mac.as_bytes()), RING_MAC);
+    // The test's own HKDF (used by `common::own_open`) agrees.
+    let r: [u8; 32] = unhex(KEYRING_KEY);
+    let salt: [u8; 32] = unhex(SALT);
+    assert_eq!(
+        hex::encode(hkdf32(&r, &salt, b"tde/v2/keyring/enc")),
+        RING_ENC
+    );
+    assert_eq!(
+        hex::encode(hkdf32(&r, &salt, b"tde/v2/keyring/mac")),
+        RING_MAC
+    );
+}
+
+#[test]
 fn principal_fingerprint_known_answer() {
     assert_eq!(principal().fingerprint(), PK_FINGERPRINT);
-    let own = hmac_sha256(&unhex::<32>(PK), &[b"tde/v1/principal-key-fingerprint"]);
-    assert_eq!(hex::encode(&own[..8]), PK_FINGERPRINT);
+    assert_eq!(own_fingerprint(&unhex(PK)), PK_FINGERPRINT);
+    assert_eq!(
+        principal2().fingerprint(),
+        own_fingerprint(&counting32(0x60))
+    );
 }
 
 // ---------------------------------------------------------------- 2. key wrap
 
-/// The test's AES-256-CTR with IV = generation ‖ 0^15 reproduces openssl.
+/// The test's AES-256-CTR reproduces openssl for the wrapped keyring key
+/// (counter block 0 under the entry key) and the wrapped data keys (counter
+/// block = the key's own nonce under R's key).
 #[test]
 fn wrap_cipher_known_answers() {
-    let enc: [u8; 32] = unhex(WRAP_ENC);
-    for (generation, dek, want) in [
-        (1u8, DEK, WRAPPED_DEK_GEN1),
-        (3, DEK, WRAPPED_DEK_GEN3),
-        (200, DEK, WRAPPED_DEK_GEN200),
-        (200, DEK2, WRAPPED_DEK2_GEN200),
+    let mut r: [u8; 32] = unhex(KEYRING_KEY);
+    aes256_ctr(&unhex(WRAP_ENC), &[0; 16], &mut r);
+    assert_eq!(hex::encode(r), WRAPPED_KEYRING_KEY);
+    let enc: [u8; 32] = unhex(RING_ENC);
+    for (nonce, dek, want) in [
+        (NONCE_GEN3, DEK, WRAPPED_DEK_GEN3),
+        (NONCE_GEN200, DEK2, WRAPPED_DEK2_GEN200),
     ] {
         let mut buf: [u8; 32] = unhex(dek);
-        let mut iv = [0u8; 16];
-        iv[0] = generation;
-        aes256_ctr(&enc, &iv, &mut buf);
-        assert_eq!(hex::encode(buf), want, "generation {generation}");
+        aes256_ctr(&enc, &unhex(nonce), &mut buf);
+        assert_eq!(hex::encode(buf), want, "nonce {nonce}");
     }
 }
 
 #[test]
 fn entry_mac_known_answer() {
-    let input = hex::decode(MAC_INPUT).unwrap();
+    let input = hex::decode(ENTRY_MAC_INPUT).unwrap();
+    assert_eq!(input.len(), 25 + 8 + 8 + 32 + 8 + 16 + 16 + 32);
     assert_eq!(
         hex::encode(hmac_sha256(&unhex::<32>(WRAP_MAC), &[&input])),
         ENTRY_MAC
     );
+    let file = fixed_file_json();
     assert_eq!(
-        hex::encode(own_entry_mac_input(&fixed_file_json())),
-        MAC_INPUT
+        hex::encode(own_entry_mac_input(&file, &file["principals"][0])),
+        ENTRY_MAC_INPUT
     );
+}
+
+#[test]
+fn data_keys_mac_known_answer() {
+    let input = hex::decode(KEYS_MAC_INPUT).unwrap();
+    assert_eq!(input.len(), 25 + 8 + 8 + 32 + 1 + 8 + 2 * (1 + 16 + 32));
+    // The byte after the salt is last_generation, not the highest held.
+    assert_eq!(input[25 + 8 + 8 + 32], LAST_GENERATION);
+    assert_eq!(
+        hex::encode(hmac_sha256(&unhex::<32>(RING_MAC), &[&input])),
+        KEYS_MAC
+    );
+    let file = fixed_file_json();
+    assert_eq!(hex::encode(own_data_keys_mac_input(&file)), KEYS_MAC_INPUT);
 }
 
 /// A keyring file assembled by hand from the vectors above.
 fn fixed_file_json() -> serde_json::Value {
     serde_json::json!({
         "format": "tde-keyring",
-        "version": 1,
+        "version": 2,
         "system_identifier": SYSID.to_string(),
         "cluster_salt": SALT,
         "principals": [{
             "fingerprint": PK_FINGERPRINT,
             "nonce": NONCE,
-            "data_keys": [
-                { "generation": 3, "wrapped": WRAPPED_DEK_GEN3 },
-                { "generation": 200, "wrapped": WRAPPED_DEK2_GEN200 },
-            ],
+            "wrapped_key": WRAPPED_KEYRING_KEY,
             "mac": ENTRY_MAC,
         }],
+        "last_generation": LAST_GENERATION,
+        "data_keys": [
+            { "generation": 3, "nonce": NONCE_GEN3, "wrapped": WRAPPED_DEK_GEN3 },
+            { "generation": 200, "nonce": NONCE_GEN200, "wrapped": WRAPPED_DEK2_GEN200 },
+        ],
+        "mac": KEYS_MAC,
     })
 }
 
-/// The documented MAC input for the first principal entry of `file`.
-fn own_entry_mac_input(file: &serde_json::Value) -> Vec<u8> {
-    own_mac_input_for(file, &file["principals"][0])
+fn parse_json(v: &serde_json::Value) -> KeyringFile {
+    KeyringFile::parse(v.to_string().as_bytes()).expect("structurally valid")
 }
 
-fn own_mac_input_for(file: &serde_json::Value, entry: &serde_json::Value) -> Vec<u8> {
-    let sysid: u64 = file["system_identifier"].as_str().unwrap().parse().unwrap();
-    let fp = entry["fingerprint"].as_str().unwrap();
-    let keys = entry["data_keys"].as_array().unwrap();
-    let mut m = Vec::new();
-    m.extend_from_slice(b"tde/v1/keyring-entry\0");
-    m.extend_from_slice(&1u64.to_le_bytes());
-    m.extend_from_slice(&sysid.to_le_bytes());
-    m.extend_from_slice(&hex::decode(file["cluster_salt"].as_str().unwrap()).unwrap());
-    m.extend_from_slice(&(fp.len() as u64).to_le_bytes());
-    m.extend_from_slice(fp.as_bytes());
-    m.extend_from_slice(&hex::decode(entry["nonce"].as_str().unwrap()).unwrap());
-    m.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-    for k in keys {
-        m.push(k["generation"].as_u64().unwrap() as u8);
-        m.extend_from_slice(&hex::decode(k["wrapped"].as_str().unwrap()).unwrap());
-    }
-    m
+/// The keys of the hand-built file: DEK as 3, DEK2 as 200, 201 issued last.
+fn assert_vector_keys(ring: &Keyring) {
+    assert_eq!(ring.system_identifier, SYSID);
+    assert_eq!(ring.cluster_salt, unhex::<32>(SALT));
+    assert_eq!(ring.generations().collect::<Vec<_>>(), vec![3, 200]);
+    assert_eq!(ring.current_generation(), 200);
+    assert_eq!(ring.last_generation(), LAST_GENERATION);
+    assert_eq!(ring.data_key(3).unwrap().as_bytes(), &unhex::<32>(DEK));
+    assert_eq!(ring.data_key(200).unwrap().as_bytes(), &unhex::<32>(DEK2));
 }
 
-/// The crate opens a keyring file written by hand from the specification.
+/// The crate opens a keyring file written by hand from the specification,
+/// and refuses it after any one MAC-covered digit changes.
 #[test]
 fn hand_built_keyring_file_opens() {
     let text = serde_json::to_string_pretty(&fixed_file_json()).unwrap();
     let file = KeyringFile::parse(text.as_bytes()).unwrap();
+    assert_eq!(file.generations(), vec![3, 200]);
     let ring = file.open(&principal()).unwrap();
-    assert_eq!(ring.system_identifier, SYSID);
-    assert_eq!(ring.cluster_salt, unhex::<32>(SALT));
     assert_eq!(ring.opened_with, PK_FINGERPRINT);
-    assert_eq!(ring.generations().collect::<Vec<_>>(), vec![3, 200]);
-    assert_eq!(ring.current_generation(), 200);
-    assert_eq!(ring.data_key(3).unwrap().as_bytes(), &unhex::<32>(DEK));
-    assert_eq!(ring.data_key(200).unwrap().as_bytes(), &unhex::<32>(DEK2));
-
-    // One bit of the MAC off: refused.
-    let mut bad = fixed_file_json();
-    bad["principals"][0]["mac"] = ENTRY_MAC.replacen('b', "c", 1).into();
-    let bad = KeyringFile::parse(bad.to_string().as_bytes()).unwrap();
+    assert_vector_keys(&ring);
+    // A server holding R rereads it without any principal key.
+    let by_r = file.open_with_keyring_key(&keyring_key()).unwrap();
+    assert_vector_keys(&by_r);
+    assert!(by_r.same_keyring(&ring));
+    assert!(!ring.same_keyring(&vector_keyring()), "random keyring key");
+    assert!(ring.same_keyring(&vector_keyring().with_keyring_key(keyring_key())));
+    // The test's own reading of the construction agrees.
+    assert_eq!(
+        own_open(&fixed_file_json(), &unhex(PK)).unwrap(),
+        OwnKeyring {
+            keyring_key: unhex(KEYRING_KEY),
+            last_generation: LAST_GENERATION,
+            data_keys: vec![(3, unhex(DEK)), (200, unhex(DEK2))],
+        }
+    );
+    // A principal key without an entry.
     assert!(matches!(
-        bad.open(&principal()),
-        Err(Error::KeyringTampered { .. })
+        file.open(&principal2()),
+        Err(Error::WrongPrincipalKey { .. })
     ));
+
+    let tampered = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = fixed_file_json();
+        edit(&mut v);
+        parse_json(&v).open(&principal())
+    };
+    for at in [0, 31, 63] {
+        // One digit of the principal entry's MAC off: refused.
+        let r = tampered(&|v| {
+            v["principals"][0]["mac"] = flip_hex_digit(ENTRY_MAC, at).into();
+        });
+        assert!(
+            matches!(&r, Err(Error::KeyringTampered { fingerprint }) if fingerprint == PK_FINGERPRINT),
+            "entry mac digit {at}: {r:?}"
+        );
+        // One digit of the data keys' MAC off: refused.
+        let r = tampered(&|v| v["mac"] = flip_hex_digit(KEYS_MAC, at).into());
+        assert!(
+            matches!(&r, Err(Error::KeyringTampered { fingerprint }) if fingerprint == PK_FINGERPRINT),
+            "top-level mac digit {at}: {r:?}"
+        );
+        let mut v = fixed_file_json();
+        v["mac"] = flip_hex_digit(KEYS_MAC, at).into();
+        assert!(matches!(
+            parse_json(&v).open_with_keyring_key(&keyring_key()),
+            Err(Error::KeyringBodyMismatch)
+        ));
+    }
+    // Each MAC covers what the documentation says it covers.
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "wrapped keyring key",
+            Box::new(|v| {
+                v["principals"][0]["wrapped_key"] = flip_hex_digit(WRAPPED_KEYRING_KEY, 5).into()
+            }),
+        ),
+        (
+            "entry nonce",
+            Box::new(|v| v["principals"][0]["nonce"] = flip_hex_digit(NONCE, 0).into()),
+        ),
+        (
+            "wrapped data key",
+            Box::new(|v| {
+                v["data_keys"][1]["wrapped"] = flip_hex_digit(WRAPPED_DEK2_GEN200, 9).into()
+            }),
+        ),
+        (
+            "data key nonce",
+            Box::new(|v| v["data_keys"][0]["nonce"] = flip_hex_digit(NONCE_GEN3, 31).into()),
+        ),
+        (
+            "generation",
+            Box::new(|v| v["data_keys"][0]["generation"] = 4.into()),
+        ),
+        (
+            "last_generation = highest held",
+            Box::new(|v| v["last_generation"] = 200.into()),
+        ),
+        (
+            "dropped generation",
+            Box::new(|v| {
+                v["data_keys"].as_array_mut().unwrap().remove(0);
+            }),
+        ),
+        (
+            "system identifier",
+            Box::new(|v| v["system_identifier"] = (SYSID + 1).to_string().into()),
+        ),
+        (
+            "cluster salt",
+            Box::new(|v| v["cluster_salt"] = flip_hex_digit(SALT, 63).into()),
+        ),
+    ];
+    for (name, edit) in edits {
+        let r = tampered(&*edit);
+        assert!(
+            matches!(r, Err(Error::KeyringTampered { .. })),
+            "{name}: {r:?}"
+        );
+    }
 }
 
-/// A keyring sealed by the crate (random nonce) is exactly what the
+/// Checks a file the crate wrote against the documented construction,
+/// recomputed from its JSON alone: every principal key in `principals`
+/// opens it to keyring key `r` and `want` keys, and each wrapped value and
+/// nonce is fresh.
+fn assert_documented(
+    json: &serde_json::Value,
+    principals: &[[u8; 32]],
+    r: &[u8; 32],
+    last_generation: u8,
+    want: &[(u8, [u8; 32])],
+) {
+    assert_eq!(json["format"], "tde-keyring");
+    assert_eq!(json["version"], 2);
+    assert_eq!(json["system_identifier"], SYSID.to_string());
+    assert_eq!(json["cluster_salt"], SALT);
+    assert_eq!(json["last_generation"], last_generation);
+    let entries = json["principals"].as_array().unwrap();
+    assert_eq!(entries.len(), principals.len());
+    let want = OwnKeyring {
+        keyring_key: *r,
+        last_generation,
+        data_keys: want.to_vec(),
+    };
+    for (entry, key) in entries.iter().zip(principals) {
+        assert_eq!(entry["fingerprint"], own_fingerprint(key));
+        assert_eq!(own_open(json, key).as_ref(), Ok(&want));
+        // Exactly the documented tag, in lower-case hex.
+        let nonce: [u8; 16] = unhex(entry["nonce"].as_str().unwrap());
+        let mac = hkdf32(key, &nonce, b"tde/v1/wrap/mac");
+        assert_eq!(
+            entry["mac"],
+            hex::encode(hmac_sha256(&mac, &[&own_entry_mac_input(json, entry)]))
+        );
+    }
+    let mac = hkdf32(r, &unhex::<32>(SALT), b"tde/v2/keyring/mac");
+    assert_eq!(
+        json["mac"],
+        hex::encode(hmac_sha256(&mac, &[&own_data_keys_mac_input(json)]))
+    );
+    let mut nonces: Vec<&str> = entries
+        .iter()
+        .chain(json["data_keys"].as_array().unwrap())
+        .map(|e| e["nonce"].as_str().unwrap())
+        .collect();
+    nonces.sort_unstable();
+    nonces.dedup();
+    assert_eq!(
+        nonces.len(),
+        entries.len() + want.data_keys.len(),
+        "every wrapped key draws its own nonce"
+    );
+}
+
+/// A keyring sealed by the crate (random nonces) is exactly what the
 /// documented construction gives, recomputed here from the JSON alone.
 #[test]
 fn sealed_keyring_matches_documented_construction() {
-    let pk2 = PrincipalKey::from_key(Key256::from_bytes(counting32(0x60)));
-    let ring = vector_keyring();
-    let text = ring.seal(&[&principal(), &pk2]).unwrap().to_json();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(json["format"], "tde-keyring");
-    assert_eq!(json["version"], 1);
-    assert_eq!(json["system_identifier"], SYSID.to_string());
-    assert_eq!(json["cluster_salt"], SALT);
-    let entries = json["principals"].as_array().unwrap();
-    assert_eq!(entries.len(), 2);
-    let mut nonces = Vec::new();
-    for (entry, key) in entries.iter().zip([unhex::<32>(PK), counting32(0x60)]) {
-        let fp = hmac_sha256(&key, &[b"tde/v1/principal-key-fingerprint"]);
-        assert_eq!(entry["fingerprint"], hex::encode(&fp[..8]));
-        let nonce: [u8; 16] = unhex(entry["nonce"].as_str().unwrap());
-        nonces.push(nonce);
-        let enc = hkdf32(&key, &nonce, b"tde/v1/wrap/enc");
-        let mac = hkdf32(&key, &nonce, b"tde/v1/wrap/mac");
-        let keys = entry["data_keys"].as_array().unwrap();
-        assert_eq!(keys.len(), 2);
-        for (k, (generation, dek)) in keys.iter().zip([(3u8, DEK), (200, DEK2)]) {
-            assert_eq!(k["generation"], generation);
-            let mut want: [u8; 32] = unhex(dek);
-            let mut iv = [0u8; 16];
-            iv[0] = generation;
-            aes256_ctr(&enc, &iv, &mut want);
-            assert_eq!(k["wrapped"], hex::encode(want), "generation {generation}");
-        }
-        let tag = hmac_sha256(&mac, &[&own_mac_input_for(&json, entry)]);
-        assert_eq!(entry["mac"], hex::encode(tag));
-    }
-    assert_ne!(nonces[0], nonces[1], "each entry draws its own nonce");
+    let keys = [(3u8, unhex::<32>(DEK)), (200, unhex(DEK2))];
+    let principals = [unhex::<32>(PK), counting32(0x60)];
+    let ring = vector_keyring().with_keyring_key(keyring_key());
+    let file = ring.seal(&[&principal(), &principal2()]).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&file.to_json()).unwrap();
+    assert_documented(&json, &principals, &unhex(KEYRING_KEY), 200, &keys);
+    // R wrapped under PK differs from the vector only through the nonce.
+    assert_ne!(json["principals"][0]["nonce"], NONCE);
+
+    // With a random keyring key, both entries unwrap to the same R.
+    let file = vector_keyring()
+        .seal(&[&principal(), &principal2()])
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&file.to_json()).unwrap();
+    let r = own_open(&json, &principals[0]).unwrap().keyring_key;
+    assert_ne!(r, unhex::<32>(KEYRING_KEY));
+    assert_documented(&json, &principals, &r, 200, &keys);
+}
+
+/// Adding, dropping and merging data keys rewrites only the data keys and
+/// their MAC, under the same R; the principal entry (and so its known
+/// answer) is untouched, and the result follows the documented
+/// construction.
+#[test]
+fn data_key_changes_match_documented_construction() {
+    let file = parse_json(&fixed_file_json());
+    let ring = file.open(&principal()).unwrap();
+    let fixed_entries = fixed_file_json()["principals"].clone();
+    let (dek, dek2) = (unhex::<32>(DEK), unhex::<32>(DEK2));
+    let r: [u8; 32] = unhex(KEYRING_KEY);
+    let json_of = |f: &KeyringFile| -> serde_json::Value {
+        let text = f.to_json();
+        KeyringFile::parse(text.as_bytes()).expect("reparses");
+        serde_json::from_str(&text).unwrap()
+    };
+
+    // Added: generation 202, since 201 was issued already.
+    let (added, ring2) = file.with_data_key_added(&ring).unwrap();
+    let new: [u8; 32] = *ring2.data_key(202).expect("generation 202").as_bytes();
+    assert_ne!(new, dek);
+    assert_ne!(new, dek2);
+    assert_eq!(ring2.generations().collect::<Vec<_>>(), vec![3, 200, 202]);
+    assert_eq!(ring2.last_generation(), 202);
+    assert!(ring2.same_keyring(&ring));
+    let json = json_of(&added);
+    assert_eq!(json["principals"], fixed_entries);
+    assert_eq!(json["principals"][0]["mac"], ENTRY_MAC);
+    assert_documented(
+        &json,
+        &[unhex(PK)],
+        &r,
+        202,
+        &[(3, dek), (200, dek2), (202, new)],
+    );
+    // Under the known-answer RING_MAC directly, too.
+    assert_eq!(
+        json["mac"],
+        hex::encode(hmac_sha256(
+            &unhex::<32>(RING_MAC),
+            &[&own_data_keys_mac_input(&json)]
+        ))
+    );
+    // The nonces are fresh, so the old data keys' ciphertexts change.
+    assert_ne!(json["data_keys"][0]["wrapped"], WRAPPED_DEK_GEN3);
+
+    // Dropped: generation 3 goes, last_generation stays.
+    let (dropped, ring3) = added.with_data_key_dropped(&ring2, 3).unwrap();
+    assert_eq!(ring3.generations().collect::<Vec<_>>(), vec![200, 202]);
+    let json = json_of(&dropped);
+    assert_eq!(json["principals"], fixed_entries);
+    assert_documented(&json, &[unhex(PK)], &r, 202, &[(200, dek2), (202, new)]);
+
+    // Added again: 203, never a dropped number.
+    let (again, ring4) = dropped.with_data_key_added(&ring3).unwrap();
+    let newer: [u8; 32] = *ring4.data_key(203).unwrap().as_bytes();
+    let json = json_of(&again);
+    assert_documented(
+        &json,
+        &[unhex(PK)],
+        &r,
+        203,
+        &[(200, dek2), (202, new), (203, newer)],
+    );
+
+    // Merged with the original view, which still holds generation 3.
+    let (merged, ring5) = again.merged_with(&ring).unwrap();
+    assert_eq!(
+        ring5.generations().collect::<Vec<_>>(),
+        vec![3, 200, 202, 203]
+    );
+    let json = json_of(&merged);
+    assert_eq!(json["principals"], fixed_entries);
+    assert_documented(
+        &json,
+        &[unhex(PK)],
+        &r,
+        203,
+        &[(3, dek), (200, dek2), (202, new), (203, newer)],
+    );
 }
 
 // ---------------------------------------------------------------- 3. page transform

@@ -83,10 +83,19 @@ fn verify(args: &[&str]) -> Result<(), String> {
     }
     let report = tde_core::verify::verify_data_dir(&pgdata, checksums)
         .map_err(|e| format!("cannot scan \"{}\": {e}", pgdata.display()))?;
+    let pg_wal = pgdata.join("pg_wal");
+    let wal = match tde_core::wal_scan::detect_segment_size(&pg_wal) {
+        Some(size) => tde_core::wal_scan::wal_generations(&pg_wal, size)
+            .map_err(|e| format!("cannot scan \"{}\": {e}", pg_wal.display()))?,
+        None => Default::default(),
+    };
     if json {
+        let mut value = serde_json::to_value(&report).expect("report serializes");
+        value["wal_segments_by_generation"] =
+            serde_json::to_value(&wal).expect("generations serialize");
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
+            serde_json::to_string_pretty(&value).expect("report serializes")
         );
     } else {
         println!("files:             {}", report.files);
@@ -105,6 +114,14 @@ fn verify(args: &[&str]) -> Result<(), String> {
         }
         for (file, block) in &report.failed_pages {
             println!("checksum failure: {} block {block}", file.display());
+        }
+        for (generation, segments) in &wal {
+            println!(
+                "WAL segments under generation {generation}: {} ({} … {})",
+                segments.len(),
+                segments[0],
+                segments[segments.len() - 1]
+            );
         }
     }
     if report.is_clean() {

@@ -141,3 +141,151 @@ pub fn fill_from_seed(buf: &mut [u8], seed: u64) {
         chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
     }
 }
+
+// ------------------------------------------------------------ keyring format 2
+//
+// The keyring construction of `keyring.rs`'s module documentation, restated
+// with the primitives above (never `tde_core::kdf` or `tde_core::keyring`),
+// reading nothing but the JSON document.
+
+/// A principal key's fingerprint: the first 8 bytes of
+/// `HMAC-SHA256(K, "tde/v1/principal-key-fingerprint")`, as 16 hex digits.
+pub fn own_fingerprint(principal_key: &[u8; 32]) -> String {
+    let tag = hmac_sha256(principal_key, &[b"tde/v1/principal-key-fingerprint"]);
+    hex::encode(&tag[..8])
+}
+
+fn json_hex(v: &serde_json::Value, field: &str) -> Vec<u8> {
+    hex::decode(
+        v[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("field {field:?} is a string")),
+    )
+    .unwrap_or_else(|_| panic!("field {field:?} is hex"))
+}
+
+/// `label ‖ 0x00 ‖ u64 version ‖ u64 system_identifier ‖ cluster_salt`, the
+/// common prefix of both MAC inputs.
+fn own_mac_prefix(file: &serde_json::Value, label: &[u8]) -> Vec<u8> {
+    let version = file["version"].as_u64().expect("numeric version");
+    let sysid: u64 = file["system_identifier"]
+        .as_str()
+        .expect("system identifier string")
+        .parse()
+        .expect("system identifier is a u64");
+    let mut m = Vec::new();
+    m.extend_from_slice(label);
+    m.push(0);
+    m.extend_from_slice(&version.to_le_bytes());
+    m.extend_from_slice(&sysid.to_le_bytes());
+    m.extend_from_slice(&json_hex(file, "cluster_salt"));
+    m
+}
+
+/// The documented MAC input of principal entry `entry` of `file`:
+/// `"tde/v2/keyring-principal" ‖ 0x00 ‖ u64 version ‖ u64 system_identifier
+/// ‖ cluster_salt ‖ u64 len(fp) ‖ fp ‖ nonce ‖ wrapped_key`.
+pub fn own_entry_mac_input(file: &serde_json::Value, entry: &serde_json::Value) -> Vec<u8> {
+    let fp = entry["fingerprint"].as_str().expect("fingerprint string");
+    let mut m = own_mac_prefix(file, b"tde/v2/keyring-principal");
+    m.extend_from_slice(&(fp.len() as u64).to_le_bytes());
+    m.extend_from_slice(fp.as_bytes());
+    m.extend_from_slice(&json_hex(entry, "nonce"));
+    m.extend_from_slice(&json_hex(entry, "wrapped_key"));
+    m
+}
+
+/// The documented MAC input of the data keys of `file`:
+/// `"tde/v2/keyring-data-keys" ‖ 0x00 ‖ u64 version ‖ u64 system_identifier
+/// ‖ cluster_salt ‖ last_generation (1) ‖ u64 count ‖ (g ‖ nonce ‖ wrapped)*`.
+pub fn own_data_keys_mac_input(file: &serde_json::Value) -> Vec<u8> {
+    let keys = file["data_keys"].as_array().expect("data_keys array");
+    let last = file["last_generation"].as_u64().expect("last_generation");
+    let mut m = own_mac_prefix(file, b"tde/v2/keyring-data-keys");
+    m.push(u8::try_from(last).expect("last_generation is one byte"));
+    m.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+    for k in keys {
+        let g = k["generation"].as_u64().expect("numeric generation");
+        m.push(u8::try_from(g).expect("generation is one byte"));
+        m.extend_from_slice(&json_hex(k, "nonce"));
+        m.extend_from_slice(&json_hex(k, "wrapped"));
+    }
+    m
+}
+
+/// What the documented construction gives for one principal key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnKeyring {
+    pub keyring_key: [u8; 32],
+    pub last_generation: u8,
+    /// In file order.
+    pub data_keys: Vec<(u8, [u8; 32])>,
+}
+
+/// Opens keyring document `file` with `principal_key` the documented way:
+/// find the entry by fingerprint, check its MAC under
+/// `HKDF(K, nonce, "tde/v1/wrap/mac")`, unwrap R with
+/// `AES-256-CTR(HKDF(K, nonce, "tde/v1/wrap/enc"), 0^16)`, then
+/// [`own_open_with_keyring_key`].
+pub fn own_open(file: &serde_json::Value, principal_key: &[u8; 32]) -> Result<OwnKeyring, String> {
+    let fp = own_fingerprint(principal_key);
+    let entry = file["principals"]
+        .as_array()
+        .ok_or("no principals array")?
+        .iter()
+        .find(|e| e["fingerprint"] == fp.as_str())
+        .ok_or_else(|| format!("no entry for principal key {fp}"))?;
+    let nonce = json_hex(entry, "nonce");
+    let enc = hkdf32(principal_key, &nonce, b"tde/v1/wrap/enc");
+    let mac = hkdf32(principal_key, &nonce, b"tde/v1/wrap/mac");
+    let tag = hmac_sha256(&mac, &[&own_entry_mac_input(file, entry)]);
+    if hex::encode(tag) != entry["mac"].as_str().ok_or("entry mac")?.to_lowercase() {
+        return Err(format!("entry MAC of {fp} does not verify"));
+    }
+    let mut r: [u8; 32] = json_hex(entry, "wrapped_key")
+        .try_into()
+        .map_err(|_| "wrapped_key is not 32 bytes")?;
+    aes256_ctr(&enc, &[0; 16], &mut r);
+    own_open_with_keyring_key(file, &r)
+}
+
+/// Checks the data keys' MAC under `HKDF(R, cluster_salt,
+/// "tde/v2/keyring/mac")` and unwraps each data key with
+/// `AES-256-CTR(HKDF(R, cluster_salt, "tde/v2/keyring/enc"), nonce)`.
+pub fn own_open_with_keyring_key(
+    file: &serde_json::Value,
+    keyring_key: &[u8; 32],
+) -> Result<OwnKeyring, String> {
+    let salt = json_hex(file, "cluster_salt");
+    let enc = hkdf32(keyring_key, &salt, b"tde/v2/keyring/enc");
+    let mac = hkdf32(keyring_key, &salt, b"tde/v2/keyring/mac");
+    let tag = hmac_sha256(&mac, &[&own_data_keys_mac_input(file)]);
+    if hex::encode(tag) != file["mac"].as_str().ok_or("top-level mac")?.to_lowercase() {
+        return Err("data keys' MAC does not verify".into());
+    }
+    let mut data_keys = Vec::new();
+    for k in file["data_keys"].as_array().ok_or("no data_keys array")? {
+        let generation = k["generation"].as_u64().ok_or("generation")? as u8;
+        let nonce: [u8; 16] = json_hex(k, "nonce")
+            .try_into()
+            .map_err(|_| "data key nonce is not 16 bytes")?;
+        let mut dek: [u8; 32] = json_hex(k, "wrapped")
+            .try_into()
+            .map_err(|_| "wrapped data key is not 32 bytes")?;
+        aes256_ctr(&enc, &nonce, &mut dek);
+        data_keys.push((generation, dek));
+    }
+    Ok(OwnKeyring {
+        keyring_key: *keyring_key,
+        last_generation: file["last_generation"].as_u64().ok_or("last_generation")? as u8,
+        data_keys,
+    })
+}
+
+/// `text` with the hexadecimal digit at `at` replaced by another one.
+pub fn flip_hex_digit(text: &str, at: usize) -> String {
+    let mut b = text.as_bytes().to_vec();
+    assert!(b[at].is_ascii_hexdigit(), "not a hex digit at {at}");
+    b[at] = if b[at] == b'0' { b'1' } else { b'0' };
+    String::from_utf8(b).unwrap()
+}

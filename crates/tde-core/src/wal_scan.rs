@@ -1,0 +1,181 @@
+//! Which data key generations the WAL segments of a directory use, read from
+//! the salts in their page headers. Only pages that carry their own position
+//! as `xlp_pageaddr` count: a recycled segment's leftover pages are never
+//! read as WAL (PostgreSQL rejects them by their plaintext header), so they
+//! keep no generation alive.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use crate::wal::{SegmentSalt, WalPageHeader, WAL_PAGE_SIZE};
+
+/// Generations in use, each with the names of the segment files that use it.
+pub type WalGenerations = BTreeMap<u8, Vec<String>>;
+
+/// The segment number a WAL file name (`TTTTTTTTLLLLLLLLSSSSSSSS`, optionally
+/// `.partial`) stands for, given the segment size.
+pub fn segment_number(name: &str, segment_size: u64) -> Option<u64> {
+    let base = name.strip_suffix(".partial").unwrap_or(name);
+    if base.len() != 24 || !base.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let log = u64::from_str_radix(&base[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&base[16..24], 16).ok()?;
+    let per_log = (1u64 << 32).checked_div(segment_size)?;
+    log.checked_mul(per_log)?.checked_add(seg)
+}
+
+/// The generations of the live encrypted pages of one segment file.
+pub fn segment_generations(
+    path: &Path,
+    segment: u64,
+    segment_size: u64,
+) -> std::io::Result<BTreeSet<u8>> {
+    let mut file = File::open(path)?;
+    let mut found = BTreeSet::new();
+    let mut buf = vec![0u8; 64 * WAL_PAGE_SIZE];
+    let mut offset = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        for page in buf[..filled - filled % WAL_PAGE_SIZE].chunks_exact(WAL_PAGE_SIZE) {
+            let live = WalPageHeader::parse(page).is_some_and(|h| {
+                Some(h.pageaddr) == segment.checked_mul(segment_size).map(|s| s + offset)
+            });
+            if live {
+                if let Some(salt) = SegmentSalt::from_page(page) {
+                    found.insert(salt.generation());
+                }
+            }
+            offset += WAL_PAGE_SIZE as u64;
+        }
+        if filled < buf.len() {
+            return Ok(found);
+        }
+    }
+}
+
+/// The segment size recorded in the long header of the first segment file
+/// of `pg_wal` that has one (offline tools do not read `pg_control`).
+pub fn detect_segment_size(pg_wal: &Path) -> Option<u64> {
+    let mut names: Vec<String> = std::fs::read_dir(pg_wal)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| segment_number(n, 16 << 20).is_some())
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        let mut first = vec![0u8; WAL_PAGE_SIZE];
+        File::open(pg_wal.join(name))
+            .ok()?
+            .read_exact(&mut first)
+            .ok()?;
+        let size = WalPageHeader::parse(&first)?.long?.segment_size;
+        (size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)).then_some(size as u64)
+    })
+}
+
+/// Scans every segment file of `pg_wal` (other files are skipped).
+pub fn wal_generations(pg_wal: &Path, segment_size: u64) -> std::io::Result<WalGenerations> {
+    let mut out = WalGenerations::new();
+    let mut names: Vec<String> = std::fs::read_dir(pg_wal)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    for name in names {
+        let Some(segment) = segment_number(&name, segment_size) else {
+            continue;
+        };
+        let generations = match segment_generations(&pg_wal.join(&name), segment, segment_size) {
+            Ok(g) => g,
+            // Removed or recycled while we looked: it holds nothing live.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for g in generations {
+            out.entry(g).or_default().push(name.clone());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = 1 << 20;
+
+    /// A page header at `pageaddr` with `salt` in the padding.
+    fn page(pageaddr: u64, salt: [u8; 4]) -> Vec<u8> {
+        let mut p = vec![0u8; WAL_PAGE_SIZE];
+        p[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        p[4..8].copy_from_slice(&1u32.to_le_bytes());
+        p[8..16].copy_from_slice(&pageaddr.to_le_bytes());
+        p[20..24].copy_from_slice(&salt);
+        p
+    }
+
+    #[test]
+    fn segment_numbers_follow_postgres_naming() {
+        assert_eq!(
+            segment_number("000000010000000000000003", 16 << 20),
+            Some(3)
+        );
+        assert_eq!(
+            segment_number("000000020000000100000002", 16 << 20),
+            Some(256 + 2)
+        );
+        assert_eq!(
+            segment_number("000000010000000100000002.partial", 64 << 20),
+            Some(64 + 2)
+        );
+        assert_eq!(segment_number("00000001.history", 16 << 20), None);
+        assert_eq!(segment_number("archive_status", 16 << 20), None);
+    }
+
+    #[test]
+    fn only_live_pages_count() {
+        let dir = std::env::temp_dir().join(format!("tde-wal-scan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Segment 3: a live page under generation 2, a plaintext page, a
+        // live page under generation 4.
+        let live: Vec<u8> = [
+            page(3 * SEG, [2, 9, 9, 9]),
+            page(3 * SEG + 8192, [0; 4]),
+            page(3 * SEG + 16384, [4, 1, 1, 1]),
+        ]
+        .concat();
+        std::fs::write(dir.join("000000010000000000000003"), live).unwrap();
+        // Segment 5 is a recycled file: its pages still name segment 1.
+        let stale: Vec<u8> = [page(SEG, [7, 1, 2, 3]), page(SEG + 8192, [7, 1, 2, 3])].concat();
+        std::fs::write(dir.join("000000010000000000000005"), stale).unwrap();
+        assert_eq!(detect_segment_size(&dir), None, "no long header yet");
+        let mut long = page(6 * SEG, [0; 4]);
+        long[2..4].copy_from_slice(&2u16.to_le_bytes());
+        long[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
+        long[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        std::fs::write(dir.join("000000010000000000000006"), long).unwrap();
+        assert_eq!(detect_segment_size(&dir), Some(SEG));
+        // Not a segment at all.
+        std::fs::write(dir.join("00000002.history"), page(0, [9, 9, 9, 9])).unwrap();
+        let found = wal_generations(&dir, SEG).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let want: WalGenerations = [
+            (2, vec!["000000010000000000000003".to_string()]),
+            (4, vec!["000000010000000000000003".to_string()]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(found, want);
+    }
+}
