@@ -1,15 +1,24 @@
 //! Online data-key changes (DESIGN §2, "Rotation"): a new generation for all
-//! new writes, adopting a keyring copied from another node, and dropping a
-//! generation once a scan proves that nothing on this node uses it.
+//! new writes, importing the generations of a keyring from another node, and
+//! dropping a generation once a scan proves that nothing on this node uses
+//! it.
 //!
 //! Generation numbers are issued by the primary only, so every node of a
-//! replication group means the same key by the same number; a standby takes
-//! the primary's new generations when an administrator copies the keyring
-//! over and runs `tde_reload_keyring()` (pages and WAL a standby writes are
-//! its own, so until then it simply keeps using the generations it has).
+//! replication group means the same key by the same number. A streaming
+//! standby receives WAL already decrypted by the primary's walsender and
+//! writes its pages and WAL under its own current generation, so it keeps
+//! working after a rotation on the primary; it takes the new generations when
+//! an administrator copies the primary's keyring next to it and runs
+//! `tde_import_keyring()` there (needed before it reads WAL written by the
+//! primary under the new generation from an archive, or before it serves as
+//! a copy source).
+//!
+//! Every change starts from the union of the keyring file and the keys this
+//! server holds, so no sequence of copies, imports, rotations and drops can
+//! make the durable keyring lose a key the server uses.
 
 use pgrx::prelude::*;
-use tde_core::keyring::Keyring;
+use tde_core::keyring::{Keyring, KeyringFile};
 use tde_core::wal_scan;
 
 use crate::{errors, keyring_io, keys, startup};
@@ -21,20 +30,48 @@ fn generations(ring: &Keyring) -> String {
         .join(", ")
 }
 
+/// The keyring file merged with the keys this server holds, under the lock.
+fn current_keyring(lock: &keyring_io::KeyringLock, what: &str) -> (KeyringFile, Keyring) {
+    keyring_io::read(lock)
+        .merged_with(&keys::current().ring)
+        .unwrap_or_else(|e| errors::raise(what, &e))
+}
+
+/// A base backup copies the keyring at some point of its run and pages at
+/// others; changing data keys meanwhile can leave it with pages under a
+/// generation its keyring copy lacks.
+fn refuse_during_base_backup(action: &str) {
+    let running = Spi::get_one::<i64>("SELECT count(*) FROM pg_stat_progress_basebackup")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    if running > 0 {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!("tde: cannot {action} while a base backup is running"),
+            "The backup's copy of the keyring could miss the change. Try again when pg_stat_progress_basebackup is empty; backups taken with pg_backup_start() are not visible here, so do not overlap them either."
+        );
+    }
+}
+
 /// Starts a new data key generation: from now on every process writes new
 /// pages and new WAL segments under it. Older generations stay readable.
-/// Returns the new generation.
+/// Returns the new generation. Not transactional: a rollback does not undo
+/// it.
 #[pg_extern(volatile, parallel_unsafe)]
 fn tde_rotate_data_key() -> i32 {
     errors::require_superuser("rotate the data key");
     if errors::in_recovery() {
         pgrx::error!(
-            "tde: cannot rotate the data key on a standby: generations are issued by the primary; rotate there, then copy pg_tde/keyring.json here and run SELECT tde_reload_keyring()"
+            "tde: cannot rotate the data key on a standby: generations are issued by the primary; rotate there, then copy its pg_tde/keyring.json next to this node and run SELECT tde_import_keyring('<path of the copy>') here"
         );
     }
+    refuse_during_base_backup("rotate the data key");
     let lock = keyring_io::lock();
-    let (file, ring) = keyring_io::read(&lock)
-        .with_data_key_added(&keys::current().ring)
+    let (base, held) = current_keyring(&lock, "cannot rotate the data key");
+    let (file, ring) = base
+        .with_data_key_added(&held)
         .unwrap_or_else(|e| errors::raise("cannot rotate the data key", &e));
     // Durable before any page or segment can use it.
     keyring_io::write(&lock, &file);
@@ -44,24 +81,33 @@ fn tde_rotate_data_key() -> i32 {
         NOTICE,
         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
         format!("tde: data key generation {generation} is now used for new page and WAL writes"),
-        "Pages under older generations are re-encrypted when rewritten, or by SELECT tde_encrypt_all(). Standbys keep their generations until pg_tde/keyring.json is copied to them and SELECT tde_reload_keyring() runs there."
+        "Pages under older generations are re-encrypted when rewritten, or by SELECT tde_encrypt_all(). Copy pg_tde/keyring.json next to each standby and run SELECT tde_import_keyring('<path of the copy>') there; keep a copy with your backups."
     );
     generation as i32
 }
 
-/// Rereads the keyring file (for example one copied from the primary after
-/// a data-key rotation) and makes its data keys available to every process.
-/// Keys this server holds that the file lacks are kept and written back, so
-/// nothing this node may still read is lost. Returns the generations held.
+/// Adds the data keys of the keyring file at `path` (for example the
+/// primary's, copied here after a rotation) to this node's keyring and makes
+/// them available to every process. Only data keys are taken: this node's
+/// principal keys stay as they are, and no key this node holds is dropped.
+/// Refused if the file belongs to another keyring or gives one generation a
+/// different key. Returns the generations held afterwards.
 #[pg_extern(volatile, parallel_unsafe)]
-fn tde_reload_keyring() -> String {
-    errors::require_superuser("reload the keyring");
+fn tde_import_keyring(path: &str) -> String {
+    errors::require_superuser("import a keyring");
+    let bytes = std::fs::read(path)
+        .unwrap_or_else(|e| pgrx::error!("tde: cannot read keyring \"{path}\": {e}"));
+    let context = format!("cannot import keyring \"{path}\"");
     let lock = keyring_io::lock();
-    let stored = keyring_io::read(&lock);
-    let (file, ring) = stored
-        .merged_with(&keys::current().ring)
-        .unwrap_or_else(|e| errors::raise("cannot reload the keyring", &e));
-    if file != stored {
+    let (live, held) = current_keyring(&lock, &context);
+    let imported = KeyringFile::parse(&bytes)
+        .and_then(|file| file.merged_with(&held))
+        .unwrap_or_else(|e| errors::raise(&context, &e))
+        .1;
+    let (file, ring) = live
+        .merged_with(&imported)
+        .unwrap_or_else(|e| errors::raise(&context, &e));
+    if file != keyring_io::read(&lock) {
         keyring_io::write(&lock, &file);
     }
     keys::publish(&ring);
@@ -69,9 +115,11 @@ fn tde_reload_keyring() -> String {
 }
 
 /// Removes data key generation `generation` from the keyring, after proving
-/// on this node that no relation page and no WAL segment in pg_wal uses it.
-/// The current generation cannot be dropped. WAL archives and backups taken
-/// while the generation was in use need a keyring copy that still holds it.
+/// on this node that no relation page on disk and no live page of a segment
+/// in pg_wal uses it. The current generation cannot be dropped, and nothing
+/// is dropped on a standby (it may still need the key for WAL it has yet to
+/// replay). WAL archives and base backups taken while the generation was in
+/// use need a keyring copy that still holds it.
 #[pg_extern(volatile, parallel_unsafe)]
 fn tde_drop_data_key(generation: i32) -> String {
     errors::require_superuser("drop a data key");
@@ -79,32 +127,41 @@ fn tde_drop_data_key(generation: i32) -> String {
         Ok(g) if g > 0 => g,
         _ => pgrx::error!("tde: data key generations are 1 to 255, not {generation}"),
     };
-    let lock = keyring_io::lock();
-    let stored = keyring_io::read(&lock);
-    // Refuse what the keyring itself rules out before scanning anything.
-    let ring = keys::current().ring.clone();
-    if let Err(e) = stored.with_data_key_dropped(&ring, generation) {
-        errors::raise("cannot drop the data key", &e);
+    if errors::in_recovery() {
+        pgrx::error!(
+            "tde: cannot drop a data key on a standby: it may still need the key for WAL it has not replayed yet; drop it after promotion, or rebuild the standby"
+        );
     }
+    refuse_during_base_backup("drop a data key");
+    let lock = keyring_io::lock();
+    let (base, held) = current_keyring(&lock, "cannot drop the data key");
+    // Refuse what the keyring itself rules out before scanning anything.
+    let (file, ring) = base
+        .with_data_key_dropped(&held, generation)
+        .unwrap_or_else(|e| errors::raise("cannot drop the data key", &e));
     // No write that chose this generation is still in flight after this.
     keys::fence();
     let pgdata = startup::data_dir();
     // SAFETY: reads the control file copy in shared memory.
     let checksums = unsafe { pg_sys::DataChecksumsEnabled() };
-    let report = tde_core::verify::verify_data_dir(&pgdata, checksums)
-        .unwrap_or_else(|e| pgrx::error!("tde: cannot scan the data directory: {e}"));
+    let report = tde_core::verify::verify_data_dir_with(&pgdata, checksums, || {
+        pgrx::check_for_interrupts!();
+    })
+    .unwrap_or_else(|e| pgrx::error!("tde: cannot scan the data directory: {e}"));
     if let Some(pages) = report.by_generation.get(&generation) {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
             format!("tde: cannot drop data key generation {generation}: {pages} page(s) on disk still use it"),
-            "Run SELECT tde_encrypt_all() (and CHECKPOINT), then try again."
+            "Run SELECT tde_encrypt_all() and CHECKPOINT, then try again. Pages of temporary tables are rewritten only by their own session; they go when it ends."
         );
     }
     // SAFETY: plain read of a global set from pg_control at start-up.
     let segment_size = unsafe { pg_sys::wal_segment_size } as u64;
-    let wal = wal_scan::wal_generations(&pgdata.join("pg_wal"), segment_size)
-        .unwrap_or_else(|e| pgrx::error!("tde: cannot scan pg_wal: {e}"));
+    let wal = wal_scan::wal_generations_with(&pgdata.join("pg_wal"), segment_size, || {
+        pgrx::check_for_interrupts!();
+    })
+    .unwrap_or_else(|e| pgrx::error!("tde: cannot scan pg_wal: {e}"));
     if let Some(segments) = wal.get(&generation) {
         ereport!(
             ERROR,
@@ -117,9 +174,6 @@ fn tde_drop_data_key(generation: i32) -> String {
             "Segments are removed once no checkpoint, replication slot or wal_keep_size needs them: run SELECT pg_switch_wal() and CHECKPOINT, then try again."
         );
     }
-    let (file, ring) = stored
-        .with_data_key_dropped(&ring, generation)
-        .unwrap_or_else(|e| errors::raise("cannot drop the data key", &e));
     keyring_io::write(&lock, &file);
     keys::publish(&ring);
     generations(&ring)

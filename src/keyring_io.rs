@@ -11,17 +11,30 @@ use crate::{errors, startup};
 /// Held while the keyring is read, changed and written back.
 pub struct KeyringLock(#[allow(dead_code)] File);
 
+/// Waits for the keyring lock (shared with `tdectl keyring`), answering
+/// query cancellation while it waits.
 pub fn lock() -> KeyringLock {
     let path = startup::data_dir()
         .join(startup::KEYRING_DIR)
         .join("keyring.lock");
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .and_then(|f| f.lock().map(|_| KeyringLock(f)))
-        .unwrap_or_else(|e| pgrx::error!("tde: cannot lock the keyring ({}): {e}", path.display()))
+        .unwrap_or_else(|e| pgrx::error!("tde: cannot open \"{}\": {e}", path.display()));
+    loop {
+        match file.try_lock() {
+            Ok(()) => return KeyringLock(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                pgrx::check_for_interrupts!();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                pgrx::error!("tde: cannot lock the keyring ({}): {e}", path.display())
+            }
+        }
+    }
 }
 
 /// The keyring file as stored now. The lock must be held.

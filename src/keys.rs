@@ -109,13 +109,18 @@ unsafe extern "C-unwind" fn fill_table() {
             pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
         }
     }
-    let ring = match reread() {
-        Ok(ring) => ring,
-        Err(e) => {
-            warning!("tde: using the data keys opened at start-up: {e}");
-            state::get().keyring.clone()
-        }
-    };
+    // After a crash restart the file is the only record of the generations
+    // added or dropped since the start; guessing would risk writing under a
+    // dropped key or losing a new one.
+    let ring = reread().unwrap_or_else(|e| {
+        ereport!(
+            PgLogLevel::FATAL,
+            PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            format!("tde: cannot reload the data keys: {e}"),
+            "Restore pg_tde/keyring.json and start the server again."
+        );
+        unreachable!("FATAL does not return")
+    });
     publish(&ring);
 }
 

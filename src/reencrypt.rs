@@ -8,14 +8,17 @@
 //! and writes go on. A run interrupted by a crash or an error is simply run
 //! again: pages already under the current generation are skipped.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::PgRelation;
 use tde_core::kdf::ForkKind;
 use tde_core::scan::{self, RelationFile};
 
-use crate::relpath::{fork_number, fork_path};
+use crate::attach::compat::{StorageId, NO_BACKEND};
+use crate::relpath::fork_number;
 use crate::{errors, guc, keys, startup};
 
 fn check_can_run() {
@@ -33,10 +36,11 @@ fn check_can_run() {
 /// Logs and writes one block so that it is stored under the current
 /// generation. `logged` is false for the forks of unlogged relations.
 fn rewrite_block(rf: &RelationFile, block: u64, logged: bool) {
-    let rnode = pg_sys::RelFileNode {
-        spcNode: pg_sys::Oid::from(rf.tablespace),
-        dbNode: pg_sys::Oid::from(rf.database),
-        relNode: pg_sys::Oid::from(rf.relfilenode),
+    let id = StorageId {
+        tablespace: rf.tablespace,
+        database: rf.database,
+        relfilenode: rf.relfilenode,
+        backend: NO_BACKEND,
     };
     // SAFETY: the buffer is pinned by ReadBufferWithoutRelcache, locked
     // exclusively while it is dirtied and logged inside a critical section
@@ -44,14 +48,7 @@ fn rewrite_block(rf: &RelationFile, block: u64, logged: bool) {
     // then unlocked and unpinned. A missing file or block raises an ERROR
     // before anything is changed.
     unsafe {
-        let buf = pg_sys::ReadBufferWithoutRelcache(
-            rnode,
-            fork_number(rf.fork),
-            block as pg_sys::BlockNumber,
-            pg_sys::ReadBufferMode::RBM_NORMAL,
-            std::ptr::null_mut(),
-            logged,
-        );
+        let buf = id.read_buffer(fork_number(rf.fork), block as pg_sys::BlockNumber, logged);
         pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
         pg_sys::CritSectionCount += 1;
         pg_sys::MarkBufferDirty(buf);
@@ -65,7 +62,8 @@ fn rewrite_block(rf: &RelationFile, block: u64, logged: bool) {
 }
 
 /// Re-encrypts one segment file; returns the number of pages rewritten.
-fn reencrypt_file(path: &Path, rf: &RelationFile, generation: u8) -> u64 {
+/// `at` tracks the block being rewritten, for the caller's error handling.
+fn reencrypt_file(path: &Path, rf: &RelationFile, generation: u8, at: &Cell<u64>) -> u64 {
     let blocks = match scan::blocks_to_reencrypt(path, rf.first_block, generation) {
         Ok(b) => b,
         // Dropped since it was listed.
@@ -80,23 +78,38 @@ fn reencrypt_file(path: &Path, rf: &RelationFile, generation: u8) -> u64 {
     };
     for &block in &blocks {
         pg_sys::check_for_interrupts!();
+        at.set(block);
         rewrite_block(rf, block, logged);
     }
     blocks.len() as u64
 }
 
-/// Whether `path` no longer holds any page to rewrite: its relation was
-/// dropped, truncated or rewritten after the file was listed.
-fn gone(path: &Path, rf: &RelationFile, generation: u8) -> bool {
-    match scan::blocks_to_reencrypt(path, rf.first_block, generation) {
-        Ok(blocks) => blocks.is_empty(),
+/// Whether block `block` (of the relation fork) no longer exists in
+/// `path`: its relation was dropped, truncated (by VACUUM) or rewritten
+/// after the file was listed.
+fn vanished(path: &Path, rf: &RelationFile, block: u64) -> bool {
+    match std::fs::metadata(path) {
+        Ok(m) => m.len() <= (block - rf.first_block) * tde_core::page::PAGE_SIZE as u64,
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
+/// Errors that must end the run even when the file also vanished.
+fn is_interruption(cause: &CaughtError) -> bool {
+    let report = match cause {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { .. } => return true,
+    };
+    matches!(
+        report.sql_error_code(),
+        PgSqlErrorCode::ERRCODE_QUERY_CANCELED | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
+    )
+}
+
 /// Re-encrypts one file in a subtransaction of its own, so that a file whose
-/// relation is dropped while the run reaches it is skipped instead of
-/// ending the run; any other error ends it as before.
+/// relation is dropped or truncated under the run is skipped (from the
+/// block that vanished on) instead of ending the run; cancellation and any
+/// other error end it as before.
 fn reencrypt_file_in_subtransaction(path: &Path, rf: &RelationFile, generation: u8) -> u64 {
     // SAFETY: the internal-subtransaction protocol PL/pgSQL follows: after
     // the commit or rollback below, the caller's memory context and resource
@@ -107,8 +120,9 @@ fn reencrypt_file_in_subtransaction(path: &Path, rf: &RelationFile, generation: 
         pg_sys::MemoryContextSwitchTo(saved.0);
         saved
     };
+    let at = Cell::new(rf.first_block);
     let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        Ok(reencrypt_file(path, rf, generation))
+        Ok(reencrypt_file(path, rf, generation, &at))
     }))
     .catch_others(|cause| Err(Box::new(cause)))
     .execute();
@@ -124,14 +138,15 @@ fn reencrypt_file_in_subtransaction(path: &Path, rf: &RelationFile, generation: 
     }
     match outcome {
         Ok(pages) => pages,
-        Err(cause) if gone(path, rf, generation) => {
+        Err(cause) if !is_interruption(&cause) && vanished(path, rf, at.get()) => {
             drop(cause);
             ereport!(
                 NOTICE,
                 PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
                 format!(
-                    "tde: skipped \"{}\": its relation was dropped or rewritten meanwhile",
-                    path.display()
+                    "tde: skipped \"{}\" from block {}: its relation was dropped, truncated or rewritten meanwhile",
+                    path.display(),
+                    at.get()
                 )
             );
             0
@@ -184,17 +199,17 @@ fn tde_encrypt_all() -> i64 {
 /// rewritten.
 #[pg_extern(volatile, parallel_unsafe)]
 fn tde_encrypt_relation(rel: PgRelation) -> i64 {
-    if rel.rd_backend != pg_sys::InvalidBackendId {
+    let id = StorageId::of_relation(&rel);
+    if id.is_temporary() {
         pgrx::error!("tde: temporary relations are encrypted as their pages are written");
     }
-    let node = rel.rd_node;
-    if node.relNode == pg_sys::InvalidOid {
+    if id.relfilenode == 0 {
         return 0;
     }
     let pgdata = startup::data_dir();
     let mut files = Vec::new();
     for fork in ForkKind::ALL {
-        let rel_path = fork_path(node, pg_sys::InvalidBackendId, fork_number(fork));
+        let rel_path = id.fork_path(fork_number(fork));
         for path in scan::segment_files(&pgdata.join(&rel_path)) {
             if let Some(rf) = path
                 .strip_prefix(&pgdata)

@@ -127,14 +127,14 @@ fn tde_relation_pages(
         name!(generations, String),
     ),
 > {
-    let node = rel.rd_node;
-    if node.relNode == pg_sys::InvalidOid {
+    let id = crate::attach::compat::StorageId::of_relation(&rel);
+    if id.relfilenode == 0 {
         return TableIterator::new(Vec::new());
     }
     let pgdata = startup::data_dir();
     let mut rows = Vec::new();
     for (forknum, name) in FORKS {
-        let rel_path = crate::relpath::fork_path(node, rel.rd_backend, forknum);
+        let rel_path = id.fork_path(forknum);
         let path: PathBuf = pgdata.join(rel_path);
         if scan::segment_files(&path).is_empty() {
             continue;

@@ -294,18 +294,23 @@ fn pwrite_full(fd: c_int, buf: &[u8], offset: u64) -> Result<(), c_int> {
 }
 
 /// The salt for new pages of this descriptor: the segment's existing salt if
-/// its first page already belongs to this segment, else a fresh one.
-fn salt_for(fd: c_int, t: Tracked, generation: u8) -> Result<SegmentSalt, c_int> {
-    if let Some(salt) = t.salt {
+/// its first page already belongs to this segment, else a fresh one under
+/// the current generation. A remembered salt whose generation has since been
+/// dropped was never used for a page still in pg_wal (the drop proved
+/// that), so a fresh one replaces it.
+fn salt_for(fd: c_int, t: Tracked, keys: &keys::WriteGuard) -> Result<SegmentSalt, c_int> {
+    let held = |s: &SegmentSalt| keys.keys.ring.data_key(s.generation()).is_some();
+    if let Some(salt) = t.salt.filter(held) {
         return Ok(salt);
     }
+    let generation = keys.generation();
     let mut salt = None;
     if let Kind::Segment { start } = t.kind {
         salt = with_scratch(PAGE, |first| -> Result<_, c_int> {
             if pread_full(fd, first, 0)? == PAGE && page_magic_ok(first) {
                 let addr = u64::from_le_bytes(first[8..16].try_into().expect("8 bytes"));
                 if addr == start {
-                    return Ok(SegmentSalt::from_page(first));
+                    return Ok(SegmentSalt::from_page(first).filter(held));
                 }
             }
             Ok(None)
@@ -377,7 +382,7 @@ fn tracked_pwrite(fd: c_int, t: Tracked, src: &[u8], offset: u64) -> ssize_t {
         // Held until the write below has returned: see `keys`.
         let guard = guc::WAL_ENCRYPTION.get().then(keys::for_write);
         let salt = match &guard {
-            Some(g) => Some(salt_for(fd, t, g.generation())?),
+            Some(g) => Some(salt_for(fd, t, g)?),
             None => None,
         };
         let len = (end - start) as usize;

@@ -112,9 +112,44 @@ fn rotation_under_pgbench_with_a_standby_attached() {
         refused.as_ref().unwrap_err().contains("on a standby"),
         "{refused:?}"
     );
-    // The documented step: copy the primary's keyring, reload it there.
-    std::fs::copy(primary.keyring_path(), standby.keyring_path()).unwrap();
-    assert_eq!(standby.psql("SELECT tde_reload_keyring()"), "1, 2, 3");
+    let refused = standby.try_psql("SELECT tde_drop_data_key(1)");
+    assert!(
+        refused.as_ref().unwrap_err().contains("on a standby"),
+        "{refused:?}"
+    );
+    // A keyring of another cluster (another keyring key) is refused.
+    let stranger_dir = TestDir::new();
+    let stranger = encrypted_cluster(&stranger_dir);
+    stranger.stop();
+    let foreign = standby.root().join("foreign-keyring.json");
+    os::write_file(
+        &foreign,
+        &std::fs::read(stranger.keyring_path()).unwrap(),
+        0o600,
+    );
+    let refused = standby.try_psql(&format!(
+        "SELECT tde_import_keyring('{}')",
+        foreign.display()
+    ));
+    assert!(
+        refused
+            .as_ref()
+            .unwrap_err()
+            .contains("cannot import keyring"),
+        "{refused:?}"
+    );
+    // The documented step: copy the primary's keyring next to the standby
+    // and import it there.
+    let copy = standby.root().join("primary-keyring.json");
+    os::write_file(
+        &copy,
+        &std::fs::read(primary.keyring_path()).unwrap(),
+        0o600,
+    );
+    assert_eq!(
+        standby.psql(&format!("SELECT tde_import_keyring('{}')", copy.display())),
+        "1, 2, 3"
+    );
     assert_eq!(tde::status(&standby).data_key_generation, 3);
 
     // Both restart and read everything.
@@ -300,4 +335,42 @@ fn crash_restart_keeps_generations_added_at_run_time() {
         c.psql("SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM r"),
         before
     );
+}
+
+/// A base backup copies the keyring at one moment and pages at others, so
+/// data-key changes are refused while one runs.
+#[test]
+fn key_changes_are_refused_during_a_base_backup() {
+    let dir = TestDir::new();
+    let c = encrypted_cluster(&dir);
+    let target = dir.subdir("backup");
+    let mut backup = c.client("pg_basebackup");
+    // Slow enough to still run while the statements below execute.
+    backup
+        .arg("-D")
+        .arg(&target)
+        .args(["-X", "none", "--max-rate=32k"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = backup.spawn().expect("start pg_basebackup");
+    wal::wait_for(
+        Duration::from_secs(60),
+        || (c.psql("SELECT count(*) FROM pg_stat_progress_basebackup") == "1").then_some(()),
+        || "the base backup did not start".into(),
+    );
+    for sql in [
+        "SELECT tde_rotate_data_key()",
+        "SELECT tde_drop_data_key(1)",
+    ] {
+        let e = c.try_psql(sql).expect_err(sql);
+        assert!(e.contains("while a base backup is running"), "{sql}: {e}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    wal::wait_for(
+        Duration::from_secs(60),
+        || (c.psql("SELECT count(*) FROM pg_stat_progress_basebackup") == "0").then_some(()),
+        || "the base backup did not end".into(),
+    );
+    assert_eq!(c.psql("SELECT tde_rotate_data_key()"), "2");
 }

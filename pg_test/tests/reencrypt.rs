@@ -202,6 +202,38 @@ fn encrypt_all_skips_a_relation_dropped_under_it() {
     let before = c.psql("SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM keep");
     let doomed = c.relation_file("doomed");
 
+    // A cancelled run ends (it is not taken for a vanished file).
+    let mut run = c.connect();
+    let worker = std::thread::spawn(move || {
+        let out = run.try_exec("SELECT tde_encrypt_all()");
+        run.close();
+        out
+    });
+    let started = Instant::now();
+    while pg_test::wal::read_at(&doomed, 0, 8192)[11] & 0x80 == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "tde_encrypt_all did not reach table doomed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c.psql(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+          WHERE query LIKE 'SELECT tde_encrypt_all()%' AND pid <> pg_backend_pid()",
+    );
+    let cancelled = worker.join().unwrap();
+    assert!(
+        cancelled
+            .as_ref()
+            .is_err_and(|e| e.contains("canceling statement due to user request")),
+        "{cancelled:?}"
+    );
+    // Start again from plaintext for the drop below.
+    c.set_and_reload("tde.data_encryption", "off", "off");
+    c.psql("VACUUM FULL doomed; CHECKPOINT");
+    c.set_and_reload("tde.data_encryption", "on", "on");
+    let doomed = c.relation_file("doomed");
+
     let mut run = c.connect();
     let worker = std::thread::spawn(move || {
         let out = run.try_exec("SELECT tde_encrypt_all()");
@@ -227,7 +259,7 @@ fn encrypt_all_skips_a_relation_dropped_under_it() {
     };
     assert!(rewritten > 0);
     assert!(
-        notices.contains("its relation was dropped or rewritten meanwhile"),
+        notices.contains("its relation was dropped, truncated or rewritten meanwhile"),
         "nothing was skipped: the drop came too late to test anything:\n{notices}"
     );
     assert_eq!(c.psql("SELECT tde_encrypt_all()"), "0");

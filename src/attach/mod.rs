@@ -6,6 +6,7 @@
 //!
 //! Everything PostgreSQL-version-specific lives in this module.
 
+pub mod compat;
 mod got;
 mod relro;
 mod table;
@@ -29,8 +30,8 @@ pub fn attached() -> Option<&'static Attached> {
     ATTACHED.get()
 }
 
-// The md.c entry points of PostgreSQL 15, declared without their signatures:
-// only their addresses are used here (the real signatures are in smgr_hooks).
+// The md.c entry points, declared without their signatures: only their
+// addresses are used here (the real signatures are in smgr_hooks).
 extern "C" {
     fn mdinit();
     fn mdopen();
@@ -40,29 +41,78 @@ extern "C" {
     fn mdunlink();
     fn mdextend();
     fn mdprefetch();
-    fn mdread();
-    fn mdwrite();
     fn mdwriteback();
     fn mdnblocks();
     fn mdtruncate();
     fn mdimmedsync();
 }
 
+#[cfg(feature = "pg15")]
+extern "C" {
+    fn mdread();
+    fn mdwrite();
+}
+
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+extern "C" {
+    fn mdreadv();
+    fn mdwritev();
+    fn mdzeroextend();
+    fn mdregistersync();
+}
+
+#[cfg(feature = "pg18")]
+extern "C" {
+    fn mdmaxcombine();
+    fn mdstartreadv();
+    fn mdfd();
+}
+
+/// Dispatch table entries that later versions added.
+fn newer_neighbours() -> Vec<(&'static str, usize)> {
+    #[allow(unused_mut)]
+    let mut added = Vec::new();
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    added.extend([
+        ("mdzeroextend", mdzeroextend as *const () as usize),
+        ("mdregistersync", mdregistersync as *const () as usize),
+    ]);
+    #[cfg(feature = "pg18")]
+    added.extend([
+        ("mdmaxcombine", mdmaxcombine as *const () as usize),
+        ("mdstartreadv", mdstartreadv as *const () as usize),
+        ("mdfd", mdfd as *const () as usize),
+    ]);
+    added
+}
+
 fn md_symbols() -> MdSymbols {
+    let mut required = vec![
+        ("mdclose", mdclose as *const () as usize),
+        ("mdcreate", mdcreate as *const () as usize),
+        ("mdexists", mdexists as *const () as usize),
+        ("mdunlink", mdunlink as *const () as usize),
+        ("mdprefetch", mdprefetch as *const () as usize),
+        ("mdwriteback", mdwriteback as *const () as usize),
+        ("mdnblocks", mdnblocks as *const () as usize),
+        ("mdtruncate", mdtruncate as *const () as usize),
+    ];
+    required.extend(newer_neighbours());
+    #[cfg(feature = "pg15")]
+    let (read, write) = (
+        ("mdread", mdread as *const () as usize),
+        ("mdwrite", mdwrite as *const () as usize),
+    );
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    let (read, write) = (
+        ("mdreadv", mdreadv as *const () as usize),
+        ("mdwritev", mdwritev as *const () as usize),
+    );
     MdSymbols {
-        read: mdread as *const () as usize,
-        write: mdwrite as *const () as usize,
-        extend: mdextend as *const () as usize,
-        required_neighbours: vec![
-            ("mdclose", mdclose as *const () as usize),
-            ("mdcreate", mdcreate as *const () as usize),
-            ("mdexists", mdexists as *const () as usize),
-            ("mdunlink", mdunlink as *const () as usize),
-            ("mdprefetch", mdprefetch as *const () as usize),
-            ("mdwriteback", mdwriteback as *const () as usize),
-            ("mdnblocks", mdnblocks as *const () as usize),
-            ("mdtruncate", mdtruncate as *const () as usize),
-        ],
+        read,
+        write,
+        extend: ("mdextend", mdextend as *const () as usize),
+        required_neighbours: required,
         optional_neighbours: vec![
             mdinit as *const () as usize,
             mdopen as *const () as usize,
@@ -102,7 +152,8 @@ pub fn attach_storage_manager() {
     // SAFETY: the region is the main program's PT_GNU_RELRO segment as
     // reported by the dynamic loader: mapped, readable and never unmapped.
     let words = unsafe { relro::words(&region) };
-    let found = locate(words, &md_symbols()).unwrap_or_else(|e| refuse(&e));
+    let md = md_symbols();
+    let found = locate(words, &md).unwrap_or_else(|e| refuse(&e));
     let slots = [
         (found.read, smgr_hooks::wrapper_read()),
         (found.write, smgr_hooks::wrapper_write()),
@@ -118,7 +169,10 @@ pub fn attach_storage_manager() {
     self_test();
     let _ = ATTACHED.set(Attached {
         description: format!(
-            "smgr: dispatch table patched (read, write, extend) on PostgreSQL {}",
+            "smgr: dispatch table patched ({}, {}, {}) on PostgreSQL {}",
+            md.read.0,
+            md.write.0,
+            md.extend.0,
             server_version()
         ),
     });
@@ -202,7 +256,46 @@ pub fn self_test_hit(which: u32) -> bool {
     true
 }
 
-/// Calls the server's own smgrread/smgrwrite/smgrextend with a dummy
+/// One read, one write and one extend through the server's own `smgr*`
+/// entry points.
+///
+/// # Safety
+/// `rel` and `page` stay valid for the calls; the self-test flag must be set
+/// (so the wrappers return before touching either).
+#[cfg(feature = "pg15")]
+unsafe fn self_test_calls(rel: pg_sys::SMgrRelation, page: *mut std::ffi::c_char) {
+    use pg_sys::ForkNumber::MAIN_FORKNUM;
+    // SAFETY: per the contract.
+    unsafe {
+        pg_sys::smgrread(rel, MAIN_FORKNUM, 0, page);
+        pg_sys::smgrwrite(rel, MAIN_FORKNUM, 0, page, true);
+        pg_sys::smgrextend(rel, MAIN_FORKNUM, 0, page, true);
+    }
+}
+
+/// # Safety
+/// As above.
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+unsafe fn self_test_calls(rel: pg_sys::SMgrRelation, page: *mut std::ffi::c_char) {
+    use pg_sys::ForkNumber::MAIN_FORKNUM;
+    let mut pages = [page.cast::<std::ffi::c_void>()];
+    let const_pages = [page.cast_const().cast::<std::ffi::c_void>()];
+    // SAFETY: per the contract; one page each.
+    unsafe {
+        pg_sys::smgrreadv(rel, MAIN_FORKNUM, 0, pages.as_mut_ptr(), 1);
+        pg_sys::smgrwritev(
+            rel,
+            MAIN_FORKNUM,
+            0,
+            const_pages.as_ptr().cast_mut(),
+            1,
+            true,
+        );
+        pg_sys::smgrextend(rel, MAIN_FORKNUM, 0, page.cast(), true);
+    }
+}
+
+/// Calls the server's own read/write/extend entry points with a dummy
 /// relation; each must arrive in our wrapper.
 fn self_test() {
     let mut rel = pg_sys::SMgrRelationData {
@@ -218,11 +311,7 @@ fn self_test() {
         // set our wrappers return before using either. Should a call not
         // reach a wrapper, md.c fails to open the dummy relation's file and
         // raises an ERROR, which is caught below.
-        unsafe {
-            pg_sys::smgrread(rel_ptr, pg_sys::ForkNumber::MAIN_FORKNUM, 0, ptr);
-            pg_sys::smgrwrite(rel_ptr, pg_sys::ForkNumber::MAIN_FORKNUM, 0, ptr, true);
-            pg_sys::smgrextend(rel_ptr, pg_sys::ForkNumber::MAIN_FORKNUM, 0, ptr, true);
-        }
+        unsafe { self_test_calls(rel_ptr, ptr) };
         true
     })
     .catch_others(|_| false)
@@ -230,7 +319,7 @@ fn self_test() {
     let hits = SELF_TEST.swap(0, Ordering::Relaxed) & !SELF_TEST_ACTIVE;
     if !outcome || hits != HIT_READ | HIT_WRITE | HIT_EXTEND {
         refuse(&format!(
-            "self-test failed: calls through smgrread/smgrwrite/smgrextend reached the wrappers {{read: {}, write: {}, extend: {}}}",
+            "self-test failed: calls through the smgr entry points reached the wrappers {{read: {}, write: {}, extend: {}}}",
             hits & HIT_READ != 0,
             hits & HIT_WRITE != 0,
             hits & HIT_EXTEND != 0

@@ -1,10 +1,12 @@
 //! Finding the storage manager dispatch table among a region's words. Pure
 //! logic, so it can be tested against synthetic memory.
 
+/// md.c's functions by name and address: the three slots to replace
+/// (read, write, extend in the version's shape) and their neighbours.
 pub struct MdSymbols {
-    pub read: usize,
-    pub write: usize,
-    pub extend: usize,
+    pub read: (&'static str, usize),
+    pub write: (&'static str, usize),
+    pub extend: (&'static str, usize),
     /// Functions that must sit in the same table, each exactly once.
     pub required_neighbours: Vec<(&'static str, usize)>,
     /// Functions that may sit in the table.
@@ -34,18 +36,18 @@ fn only_index(words: &[usize], value: usize, name: &str) -> Result<usize, String
     }
 }
 
-/// Requires exactly one slot each for mdread, mdwrite and mdextend, all in
-/// one contiguous run of words that are NULL or md* functions, and every
-/// required neighbour exactly once in that run.
+/// Requires exactly one slot each for the read, write and extend functions,
+/// all in one contiguous run of words that are NULL or md* functions, and
+/// every required neighbour exactly once in that run.
 pub fn locate(words: &[usize], md: &MdSymbols) -> Result<TableMatch, String> {
-    let read = only_index(words, md.read, "mdread")?;
-    let write = only_index(words, md.write, "mdwrite")?;
-    let extend = only_index(words, md.extend, "mdextend")?;
+    let read = only_index(words, md.read.1, md.read.0)?;
+    let write = only_index(words, md.write.1, md.write.0)?;
+    let extend = only_index(words, md.extend.1, md.extend.0)?;
     let is_md = |w: usize| {
         w == 0
-            || w == md.read
-            || w == md.write
-            || w == md.extend
+            || w == md.read.1
+            || w == md.write.1
+            || w == md.extend.1
             || md.required_neighbours.iter().any(|(_, a)| *a == w)
             || md.optional_neighbours.contains(&w)
     };
@@ -59,13 +61,17 @@ pub fn locate(words: &[usize], md: &MdSymbols) -> Result<TableMatch, String> {
     }
     let run = start..end;
     if !run.contains(&write) || !run.contains(&extend) {
-        return Err("mdread, mdwrite and mdextend are not in one dispatch table".into());
+        return Err(format!(
+            "{}, {} and {} are not in one dispatch table",
+            md.read.0, md.write.0, md.extend.0
+        ));
     }
     for (name, addr) in &md.required_neighbours {
         let count = words[run.clone()].iter().filter(|w| **w == *addr).count();
         if count != 1 {
             return Err(format!(
-                "the dispatch table holding mdread has {count} slots for {name} (expected 1)"
+                "the dispatch table holding {} has {count} slots for {name} (expected 1)",
+                md.read.0
             ));
         }
     }
@@ -82,9 +88,9 @@ mod tests {
 
     fn syms() -> MdSymbols {
         MdSymbols {
-            read: 0x1010,
-            write: 0x1020,
-            extend: 0x1030,
+            read: ("mdread", 0x1010),
+            write: ("mdwrite", 0x1020),
+            extend: ("mdextend", 0x1030),
             required_neighbours: vec![("mdnblocks", 0x1040), ("mdclose", 0x1050)],
             optional_neighbours: vec![0x1060],
         }

@@ -183,11 +183,25 @@ impl Keyring {
     ///
     /// Under the conditions of [`Keyring::from_parts`].
     pub fn with_data_keys(&self, data_keys: impl IntoIterator<Item = (u8, Key256)>) -> Keyring {
-        let mut out = Keyring::from_parts(self.system_identifier, self.cluster_salt, data_keys)
-            .with_keyring_key(self.keyring_key.clone());
-        out.opened_with = self.opened_with.clone();
-        out.last_generation = out.last_generation.max(self.last_generation);
-        out
+        let data_keys: BTreeMap<u8, Key256> = data_keys.into_iter().collect();
+        assert!(
+            !data_keys.is_empty(),
+            "a keyring needs at least one data key"
+        );
+        assert!(
+            !data_keys.contains_key(&0),
+            "data key generation 0 is reserved for \"not encrypted\""
+        );
+        let highest = *data_keys.keys().next_back().expect("not empty");
+        // No randomness here: servers call this inside critical sections.
+        Keyring {
+            system_identifier: self.system_identifier,
+            cluster_salt: self.cluster_salt,
+            opened_with: self.opened_with.clone(),
+            keyring_key: self.keyring_key.clone(),
+            last_generation: self.last_generation.max(highest),
+            data_keys,
+        }
     }
 
     pub fn current_generation(&self) -> u8 {

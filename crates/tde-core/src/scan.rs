@@ -286,7 +286,9 @@ pub fn blocks_to_reencrypt(
     for_each_page(file, |index, page| {
         match classify(page) {
             PageState::Empty => {}
-            PageState::Encrypted(mark) if mark.generation == generation => {}
+            // Generations only grow: a page under a newer one than the run
+            // started with (a rotation meanwhile) needs no rewrite.
+            PageState::Encrypted(mark) if mark.generation >= generation => {}
             _ => blocks.push(first_block + index),
         }
         true

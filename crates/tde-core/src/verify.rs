@@ -60,9 +60,20 @@ fn checksum_ok(page: &Page, block: u64) -> bool {
 /// page that fails is read once more before it counts, so a page being
 /// written by a running server is not reported as damaged.
 pub fn verify_data_dir(pgdata: &Path, checksums: bool) -> std::io::Result<Report> {
+    verify_data_dir_with(pgdata, checksums, || {})
+}
+
+/// [`verify_data_dir`], calling `each_file` before every file (a server
+/// checks for query cancellation there).
+pub fn verify_data_dir_with(
+    pgdata: &Path,
+    checksums: bool,
+    mut each_file: impl FnMut(),
+) -> std::io::Result<Report> {
     let mut r = Report::default();
     let mut page = Box::new([0u8; PAGE_SIZE]);
     for path in relation_files(pgdata)? {
+        each_file();
         let file = match File::open(&path) {
             Ok(f) => f,
             // Dropped between listing and opening.

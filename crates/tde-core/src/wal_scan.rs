@@ -86,6 +86,15 @@ pub fn detect_segment_size(pg_wal: &Path) -> Option<u64> {
 
 /// Scans every segment file of `pg_wal` (other files are skipped).
 pub fn wal_generations(pg_wal: &Path, segment_size: u64) -> std::io::Result<WalGenerations> {
+    wal_generations_with(pg_wal, segment_size, || {})
+}
+
+/// [`wal_generations`], calling `each_file` before every segment.
+pub fn wal_generations_with(
+    pg_wal: &Path,
+    segment_size: u64,
+    mut each_file: impl FnMut(),
+) -> std::io::Result<WalGenerations> {
     let mut out = WalGenerations::new();
     let mut names: Vec<String> = std::fs::read_dir(pg_wal)?
         .filter_map(|e| e.ok())
@@ -96,6 +105,7 @@ pub fn wal_generations(pg_wal: &Path, segment_size: u64) -> std::io::Result<WalG
         let Some(segment) = segment_number(&name, segment_size) else {
             continue;
         };
+        each_file();
         let generations = match segment_generations(&pg_wal.join(&name), segment, segment_size) {
             Ok(g) => g,
             // Removed or recycled while we looked: it holds nothing live.

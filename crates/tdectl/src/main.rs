@@ -223,9 +223,34 @@ fn open_keyring(o: &Options) -> Result<(KeyringFile, Keyring, String), String> {
     Ok((file, ring, principal.fingerprint()))
 }
 
+/// Holds `keyring.lock` beside the keyring, which a running server takes for
+/// its own keyring changes, so a change here never overwrites one made
+/// online (nor the other way round).
+fn lock_keyring(keyring: &std::path::Path) -> Result<std::fs::File, String> {
+    let path = keyring.with_file_name("keyring.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open \"{}\": {e}", path.display()))?;
+    // Created by root, it must stay usable by the server's OS user.
+    if let Ok(owner) = std::fs::metadata(keyring) {
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid()));
+    }
+    f.lock()
+        .map_err(|e| format!("cannot lock \"{}\": {e}", path.display()))?;
+    Ok(f)
+}
+
 fn keyring_command(args: &[&str]) -> Result<(), String> {
     let (command, rest) = args.split_first().ok_or(USAGE)?;
     let o = parse_options(rest)?;
+    let _lock = match *command {
+        "show" => None,
+        _ => Some(lock_keyring(&o.keyring)?),
+    };
     let (file, ring, current) = open_keyring(&o)?;
     let new_key = || -> Result<PrincipalKey, String> {
         o.new_provider

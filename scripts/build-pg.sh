@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Build a stock, unpatched PostgreSQL server from Debian's source package,
+# once: sources and build tree in the cache (default ~/.cache/tde), the
+# installation in /opt/tde-pg/<MAJOR> (servers run as the postgres OS user,
+# which cannot enter a private home directory).
+#
+#   scripts/build-pg.sh 17        prints the installation's pg_config path
+#   scripts/build-pg.sh 18
+#
+# The upstream tarball (Debian's .orig.tar.bz2, i.e. the release as published
+# by the PostgreSQL project) is pinned by version and SHA-256 below, so every
+# machine builds the same server. Built: the core (server, client programs,
+# pg_upgrade, pg_amcheck, pg_waldump, ...) and the contrib modules the tests
+# use. A finished build leaves a stamp file; a rerun with the stamp present
+# only prints the path.
+#
+# Environment:
+#   TDE_CACHE       cache for sources and builds     (default ~/.cache/tde)
+#   TDE_PG_PREFIX   parent of the installations      (default /opt/tde-pg)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+MAJOR="${1:-}"
+case "$MAJOR" in
+    17)
+        VERSION=17.11
+        SHA256=dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979
+        ;;
+    18)
+        VERSION=18.6
+        SHA256=555610c24d53e4316da5b7d3fc25c279d96856d5e0e23ee308c328c5fa881d9f
+        ;;
+    *) die "usage: $0 17|18" ;;
+esac
+CACHE="${TDE_CACHE:-$HOME/.cache/tde}"
+PREFIX="${TDE_PG_PREFIX:-/opt/tde-pg}/$MAJOR"
+STAMP="$PREFIX/.built-$VERSION"
+CONTRIB="amcheck pageinspect pg_walinspect test_decoding basic_archive"
+
+if [ -f "$STAMP" ]; then
+    echo "$PREFIX/bin/pg_config"
+    exit 0
+fi
+
+TARBALL="postgresql-${MAJOR}_${VERSION}.orig.tar.bz2"
+URL="${TDE_DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main/p/postgresql-$MAJOR/$TARBALL"
+mkdir -p "$CACHE/src"
+if ! echo "$SHA256  $CACHE/src/$TARBALL" | sha256sum -c --status 2>/dev/null; then
+    log "downloading $URL"
+    curl -fsS --retry 3 -o "$CACHE/src/$TARBALL.part" "$URL" ||
+        die "cannot download $URL"
+    echo "$SHA256  $CACHE/src/$TARBALL.part" | sha256sum -c --status ||
+        die "$TARBALL does not have the pinned SHA-256 $SHA256"
+    mv "$CACHE/src/$TARBALL.part" "$CACHE/src/$TARBALL"
+fi
+
+BUILD="$CACHE/build/pg$MAJOR"
+rm -rf "$BUILD"
+as_root rm -rf "$PREFIX"
+as_root install -d -o "$(id -u)" -g "$(id -g)" "$PREFIX"
+mkdir -p "$BUILD"
+log "unpacking PostgreSQL $VERSION"
+tar -xjf "$CACHE/src/$TARBALL" -C "$BUILD" --strip-components=1
+cd "$BUILD"
+log "building PostgreSQL $VERSION into $PREFIX (a few minutes)"
+./configure --prefix="$PREFIX" --with-openssl --without-icu --without-readline \
+    >configure.log 2>&1 || { tail -30 configure.log >&2; die "configure failed"; }
+make -j"$(nproc)" -s >build.log 2>&1 || { tail -40 build.log >&2; die "build failed"; }
+make -s install >>build.log 2>&1 || { tail -40 build.log >&2; die "install failed"; }
+for m in $CONTRIB; do
+    make -s -C "contrib/$m" install >>build.log 2>&1 ||
+        { tail -40 build.log >&2; die "contrib/$m failed"; }
+done
+# The tests install tde into this tree as root and run servers as postgres.
+chmod -R a+rX "$PREFIX"
+touch "$STAMP"
+log "PostgreSQL $VERSION installed in $PREFIX"
+echo "$PREFIX/bin/pg_config"
