@@ -194,7 +194,7 @@ pub fn attach_wal_io() {
     }
     for (name, address, wrapper) in &plan {
         // SAFETY: the address is the executable's JUMP_SLOT for `name`, a
-        // word in its RELRO segment; the wrapper has the libc signature of
+        // word of its RELRO segment or (lazy binding) of its writable GOT; the wrapper has the libc signature of
         // `name`; no other process or thread exists yet.
         if let Err(e) = unsafe { relro::patch_word(*address, *wrapper) } {
             refuse(&format!("cannot rebind {name}(): {e}"));

@@ -104,13 +104,28 @@ pub unsafe fn store_words(region: &Region, slots: &[(usize, usize)]) -> Result<(
     Ok(())
 }
 
-/// Stores `value` at `addr`, a word in read-only relocated data, making its
-/// page writable only for the duration, and verifies the store.
+/// Stores `value` at `addr` and verifies the store. A word in the main
+/// program's read-only relocated data has its page made writable only for
+/// the duration. Any other word is a lazily bound GOT slot of an executable
+/// linked without `-z now` (`.got.plt` lies after RELRO and stays writable,
+/// because the dynamic loader itself writes it on first calls): it is
+/// stored as is, and its page's protection is left alone.
 ///
 /// # Safety
-/// `addr` must be an aligned word of a mapped RELRO page, no other thread may
-/// run, and `value` must be valid for whatever reads that word.
+/// `addr` must be an aligned word of a mapped RELRO page or of the main
+/// program's writable GOT, no other thread may run, and `value` must be
+/// valid for whatever reads that word.
 pub unsafe fn patch_word(addr: usize, value: usize) -> Result<(), String> {
+    let in_relro = main_program_relro().is_ok_and(|r| addr >= r.start && addr < r.start + r.len);
+    if !in_relro {
+        // SAFETY: per the contract, a writable, aligned word.
+        unsafe { std::ptr::write_volatile(addr as *mut usize, value) };
+        // SAFETY: as above.
+        if unsafe { std::ptr::read_volatile(addr as *const usize) } != value {
+            return Err("a patched slot did not keep its new value".into());
+        }
+        return Ok(());
+    }
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
     let page_start = addr & !(page - 1);
