@@ -6,22 +6,26 @@ SHELL := /bin/bash
 .NOTPARALLEL:
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
-export PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 CARGO ?= cargo
-# Features for clippy: pg15 plus the #[pg_test] code.
-CLIPPY_FEATURES ?= pg15 pg_test
+# PostgreSQL major versions to build, install and test against: all
+# supported ones by default, `make test PG=17` for one.
+PG ?= 15 17
+# Targets that work on one version (install, test-pg, test-cluster,
+# test-regress, run) take the first.
+export PG_MAJOR ?= $(firstword $(PG))
 
 .PHONY: help setup build install run stop status fmt fmt-check clippy \
 	test-core test-pg test-cluster test-regress test-regress-plain bench test
 
 help:
-	@echo "make setup         install system packages, cargo-pgrx, pgrx config (idempotent)"
+	@echo "make setup         install system packages, cargo-pgrx, build PostgreSQL 17, pgrx config (idempotent)"
 	@echo "make build         cargo build the workspace"
-	@echo "make install       build tde (release) and install it into the system PostgreSQL 15"
+	@echo "make install       build tde (release) and install it into PostgreSQL \$$PG_MAJOR (default 15)"
 	@echo "make run           setup + install + start the demo cluster with tde (port 5499)"
 	@echo "make stop          stop the demo cluster"
-	@echo "make test          everything below, in order, stopping at the first failure"
-	@echo "  fmt-check clippy test-core test-pg install test-cluster test-regress"
+	@echo "make test          everything below, in order, stopping at the first failure,"
+	@echo "                   for every supported PostgreSQL version (PG=\"15 17\"; make test PG=17 for one)"
+	@echo "  fmt-check clippy test-core, then per version: test-pg install test-cluster test-regress"
 	@echo "make test-regress-plain   PostgreSQL regression suite without tde (baseline)"
 	@echo "make bench         benchmarks (scripts/bench.sh)"
 
@@ -49,8 +53,12 @@ fmt:
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
+# Once per version: the version-specific code is behind cargo features.
 clippy:
-	$(CARGO) clippy --workspace --all-targets --features "$(CLIPPY_FEATURES)" -- -D warnings
+	for v in $(PG); do \
+		$(CARGO) clippy --workspace --all-targets --no-default-features \
+			--features "pg$$v pg_test" -- -D warnings; \
+	done
 
 test-core:
 	$(CARGO) test -p tde-core
@@ -60,7 +68,9 @@ test-pg:
 
 test-cluster: install
 	$(CARGO) build --release -p tdectl
-	TDECTL=$(CURDIR)/target/release/tdectl $(CARGO) test -p pg_test -- --test-threads=1
+	TDECTL=$(CURDIR)/target/release/tdectl \
+		TDE_PG_BIN="$$(PG_MAJOR=$(PG_MAJOR) scripts/pg-config.sh --bindir)" \
+		$(CARGO) test -p pg_test -- --test-threads=1
 
 test-regress: install
 	scripts/regress.sh
@@ -74,4 +84,8 @@ bench:
 # One make run, so `install` happens once even though test-cluster and
 # test-regress depend on it; .NOTPARALLEL keeps the order.
 test:
-	$(MAKE) --no-print-directory setup fmt-check clippy test-core test-pg install test-cluster test-regress
+	$(MAKE) --no-print-directory setup fmt-check clippy test-core
+	for v in $(PG); do \
+		echo "==> PostgreSQL $$v"; \
+		$(MAKE) --no-print-directory PG_MAJOR=$$v test-pg install test-cluster test-regress; \
+	done

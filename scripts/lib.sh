@@ -12,10 +12,25 @@ case ":$PATH:" in
 esac
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PG_MAJOR=15
-PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}"
+# The PostgreSQL major version to work with: 15 is Debian 12's own server
+# package; 17 and 18 are stock servers built from Debian's source packages by
+# scripts/build-pg.sh and installed under /opt/tde-pg/<major>.
+PG_MAJOR="${PG_MAJOR:-15}"
+SUPPORTED_PG_MAJORS="15 17"
+case " $SUPPORTED_PG_MAJORS " in
+    *" $PG_MAJOR "*) ;;
+    *) printf 'error: PostgreSQL %s is not supported (supported: %s)\n' "$PG_MAJOR" "$SUPPORTED_PG_MAJORS" >&2; exit 1 ;;
+esac
+pg_config_for() { # major -> path of its pg_config
+    if [ "$1" = 15 ]; then
+        echo /usr/lib/postgresql/15/bin/pg_config
+    else
+        echo "${TDE_PG_PREFIX:-/opt/tde-pg}/$1/bin/pg_config"
+    fi
+}
+PG_CONFIG="${PG_CONFIG:-$(pg_config_for "$PG_MAJOR")}"
 PGRX_VERSION=0.18.1
-export REPO_ROOT PG_MAJOR PG_CONFIG PGRX_VERSION
+export REPO_ROOT PG_MAJOR PG_CONFIG PGRX_VERSION SUPPORTED_PG_MAJORS
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

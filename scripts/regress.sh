@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Run PostgreSQL 15's own regression suite (installcheck, parallel_schedule)
-# against a throwaway cluster with tde preloaded.
+# Run PostgreSQL's own regression suite (installcheck, parallel_schedule)
+# against a throwaway cluster with tde preloaded, for the version in
+# PG_MAJOR (default 15).
 #
 #   scripts/regress.sh              MODE=tde (default): tde in
 #                                   shared_preload_libraries with a principal key
 #   MODE=plain scripts/regress.sh   same cluster without tde (baseline)
 #
-# The suite comes from Debian's postgresql-15 source package (apt-get source,
-# cached under $TDE_CACHE, default ~/.cache/tde): pg_regress and regress.so are
-# built once from it; the tests then run with the installed server's binaries.
+# For 15, the suite comes from Debian's postgresql-15 source package
+# (apt-get source, cached under $TDE_CACHE, default ~/.cache/tde): pg_regress
+# and regress.so are built once from it; the tests then run with the
+# installed server's binaries. For 17 and later the suite comes from the
+# very source tree scripts/build-pg.sh built the server from.
 # The source on the mirror can be a few minor releases older than the
 # installed server; a handful of tests then differ for reasons unrelated to
 # tde.  Those are listed in regress/expected-failures-pg15.txt (measured with
@@ -155,6 +158,20 @@ stop_cluster() {
     fi
 }
 
+# The regression suite of a server built by scripts/build-pg.sh, from its
+# own tree; prints the tree's src/test/regress.
+built_server_suite() {
+    local tree="$CACHE/build/pg$PG_MAJOR"
+    [ -f "$tree/src/test/regress/GNUmakefile" ] || die "no build tree at $tree (run scripts/build-pg.sh $PG_MAJOR)"
+    if [ ! -f "$tree/.tde-regress-built" ]; then
+        log "building the regression suite in $tree"
+        make -s -j"$(nproc)" -C "$tree/src/test/regress" >"$tree/regress-build.log" 2>&1 ||
+            { tail -n 30 "$tree/regress-build.log" >&2; die "building the regression suite failed"; }
+        touch "$tree/.tde-regress-built"
+    fi
+    echo "$tree/src/test/regress"
+}
+
 main() {
     [ -x "$BINDIR/postgres" ] || die "no PostgreSQL server at $BINDIR (run scripts/setup.sh)"
     if [ "$MODE" = tde ] && [ ! -f "$("$PG_CONFIG" --pkglibdir)/tde.so" ]; then
@@ -162,10 +179,15 @@ main() {
     fi
 
     local tarball suite
-    tarball="$(fetch_source)"
-    suite="$(build_suite "$tarball")"
-    SRC_VER="$(basename "$(dirname "$(dirname "$(dirname "$suite")")")" | sed 's/^postgresql-//')"
     PSQL_VER="$("$BINDIR/psql" --version | awk '{print $3}')"
+    if [ "$PG_MAJOR" = 15 ]; then
+        tarball="$(fetch_source)"
+        suite="$(build_suite "$tarball")"
+        SRC_VER="$(basename "$(dirname "$(dirname "$(dirname "$suite")")")" | sed 's/^postgresql-//')"
+    else
+        suite="$(built_server_suite)"
+        SRC_VER="$PSQL_VER"
+    fi
     log "suite from PostgreSQL $SRC_VER sources, server and psql $PSQL_VER, mode $MODE"
 
     # Fresh scratch directory owned by postgres: the server reads test data
@@ -278,17 +300,21 @@ summarize() {
     # pg_regress deletes regression.out when every test passed: parse its log.
     local results="$OUT/pg_regress.log"
     local passed failed
-    passed="$(grep -cE '^(test )?[[:space:]]*[A-Za-z0-9_.-]+[[:space:]]+\.\.\. ok' "$results" || true)"
-    grep -E '\.\.\. FAILED' "$results" | sed -E 's/^(test )?[[:space:]]*([A-Za-z0-9_.-]+)[[:space:]].*/\2/' |
-        sort -u >"$OUT/failed-tests.txt" || true
+    # Two output styles: "test name ... ok|FAILED" (15) and TAP,
+    # "ok|not ok N - name" (16 and later).
+    passed="$(grep -cE '^((test )?[[:space:]]*[A-Za-z0-9_.-]+[[:space:]]+\.\.\. ok|ok[[:space:]]+[0-9]+[[:space:]]+[-+][[:space:]])' "$results" || true)"
+    {
+        grep -E '\.\.\. FAILED' "$results" | sed -E 's/^(test )?[[:space:]]*([A-Za-z0-9_.-]+)[[:space:]].*/\2/'
+        grep -E '^not ok[[:space:]]+[0-9]+[[:space:]]+[-+][[:space:]]' "$results" |
+            sed -E 's/^not ok[[:space:]]+[0-9]+[[:space:]]+[-+][[:space:]]+([A-Za-z0-9_.-]+).*/\1/'
+    } | sort -u >"$OUT/failed-tests.txt" || true
     failed="$(wc -l <"$OUT/failed-tests.txt")"
 
     if [ "${UPDATE_BASELINE:-0}" = 1 ]; then
         {
             echo "# Tests of PostgreSQL's regression suite that fail on a plain server (no tde)"
-            echo "# on this setup: Debian's postgresql-$PG_MAJOR source package as found on the"
-            echo "# mirror versus the installed server, produced by"
-            echo "#   MODE=plain UPDATE_BASELINE=1 scripts/regress.sh"
+            echo "# on this setup, produced by"
+            echo "#   PG_MAJOR=$PG_MAJOR MODE=plain UPDATE_BASELINE=1 scripts/regress.sh"
             echo "# Measured with the suite of $SRC_VER against server/psql $PSQL_VER."
             cat "$OUT/failed-tests.txt"
         } >"$EXPECTED_FAILURES"

@@ -27,7 +27,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     log "Debian packages present"
 fi
-[ -x "$PG_CONFIG" ] || die "pg_config not found at $PG_CONFIG"
+[ -x "$(pg_config_for 15)" ] || die "pg_config not found at $(pg_config_for 15)"
 id postgres >/dev/null 2>&1 || die "OS user 'postgres' missing (it comes with the postgresql-common package)"
 
 # --- Rust toolchain ---------------------------------------------------------
@@ -47,13 +47,27 @@ else
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
+# --- PostgreSQL servers built from source (cached) --------------------------
+versions="$SUPPORTED_PG_MAJORS"
+for v in $versions; do
+    [ "$v" = 15 ] || "$REPO_ROOT/scripts/build-pg.sh" "$v" >/dev/null
+done
+
 # --- pgrx configuration -----------------------------------------------------
+# `cargo pgrx init` rewrites the whole configuration, so it gets every
+# version at once, and only when one is missing.
 PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
-if grep -qs "^pg$PG_MAJOR = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
-    log "pgrx already configured for pg$PG_MAJOR ($PG_CONFIG)"
+init_args=()
+configured=1
+for v in $versions; do
+    init_args+=("--pg$v" "$(pg_config_for "$v")")
+    grep -qs "^pg$v = \"$(pg_config_for "$v")\"" "$PGRX_HOME/config.toml" || configured=0
+done
+if [ "$configured" = 1 ]; then
+    log "pgrx already configured for PostgreSQL $versions"
 else
-    log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
-    cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG"
+    log "cargo pgrx init ${init_args[*]}"
+    cargo pgrx init "${init_args[@]}"
 fi
 
 log "setup complete"
