@@ -66,8 +66,15 @@ test-core:
 test-pg:
 	scripts/test-pg.sh
 
+# The stock build the pg_upgrade tests start from, per version under test
+# (see scripts/build-pg.sh); it needs tde too.
+UPGRADE_SOURCE_17 := 15
+
 test-cluster: install
 	$(CARGO) build --release -p tdectl
+	for v in $(UPGRADE_SOURCE_$(PG_MAJOR)); do \
+		PG_CONFIG=/opt/tde-pg/$$v/bin/pg_config scripts/install-ext.sh; \
+	done
 	TDECTL=$(CURDIR)/target/release/tdectl \
 		TDE_PG_BIN="$$(PG_MAJOR=$(PG_MAJOR) scripts/pg-config.sh --bindir)" \
 		$(CARGO) test -p pg_test -- --test-threads=1

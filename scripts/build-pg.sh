@@ -6,6 +6,14 @@
 #
 #   scripts/build-pg.sh 17        prints the installation's pg_config path
 #   scripts/build-pg.sh 18
+#   scripts/build-pg.sh 15        a stock 15 as the source of pg_upgrade tests
+#
+# Why a stock 15 besides Debian's package: Debian 12's postgresql-15 (15.20)
+# is of a newer minor release round than the newest 17 whose sources the
+# mirror serves (17.11). 15.20 stores an attribute option (pg_attver) on
+# every column that 17.11 rejects, so pg_upgrade from it to 17.11 fails in
+# pg_restore, with or without tde; it needs the 17 of its own round.
+# 15.18 and 17.11 are of one round.
 #
 # The upstream tarball (Debian's .orig.tar.bz2, i.e. the release as published
 # by the PostgreSQL project) is pinned by version and SHA-256 below, so every
@@ -23,6 +31,10 @@ set -euo pipefail
 
 MAJOR="${1:-}"
 case "$MAJOR" in
+    15)
+        VERSION=15.18
+        SHA256=11df0df97fe3ea4ba9a791faaf39cee1d2fe571e78885b5b55d8517d27c323b4
+        ;;
     17)
         VERSION=17.11
         SHA256=dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979
@@ -31,7 +43,7 @@ case "$MAJOR" in
         VERSION=18.6
         SHA256=555610c24d53e4316da5b7d3fc25c279d96856d5e0e23ee308c328c5fa881d9f
         ;;
-    *) die "usage: $0 17|18" ;;
+    *) die "usage: $0 15|17|18" ;;
 esac
 CACHE="${TDE_CACHE:-$HOME/.cache/tde}"
 PREFIX="${TDE_PG_PREFIX:-/opt/tde-pg}/$MAJOR"

@@ -48,9 +48,11 @@ else
 fi
 
 # --- PostgreSQL servers built from source (cached) --------------------------
+# Every supported version but 15 (Debian's package), plus a stock 15 as the
+# source of the pg_upgrade tests (see scripts/build-pg.sh).
 versions="$SUPPORTED_PG_MAJORS"
-for v in $versions; do
-    [ "$v" = 15 ] || "$REPO_ROOT/scripts/build-pg.sh" "$v" >/dev/null
+for v in $(echo 15 $versions | tr ' ' '\n' | sort -un); do
+    "$REPO_ROOT/scripts/build-pg.sh" "$v" >/dev/null
 done
 
 # --- pgrx configuration -----------------------------------------------------

@@ -36,6 +36,8 @@ pub struct ClusterOptions {
     pub preload: bool,
     /// `initdb --wal-segsize` in MB (PostgreSQL's default, 16, when `None`).
     pub wal_segment_size_mb: Option<u32>,
+    /// The PostgreSQL binaries to use ([`os::pg_bin`] when `None`).
+    pub bin: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -46,7 +48,15 @@ impl ClusterOptions {
             key: KeySource::File(key_file.to_path_buf()),
             preload: true,
             wal_segment_size_mb: None,
+            bin: None,
         }
+    }
+
+    /// A cluster of another PostgreSQL installation (e.g. the old version of
+    /// a pg_upgrade).
+    pub fn bin(mut self, dir: &Path) -> ClusterOptions {
+        self.bin = Some(dir.to_path_buf());
+        self
     }
 
     pub fn checksums(mut self, on: bool) -> ClusterOptions {
@@ -105,6 +115,7 @@ pub struct Cluster {
     port: u16,
     key: KeySource,
     settings: RefCell<BTreeMap<String, String>>,
+    bin: PathBuf,
 }
 
 impl Cluster {
@@ -115,7 +126,8 @@ impl Cluster {
         let root = dir.subdir(name);
         let data = root.join("data");
         let log = root.join("server.log");
-        let mut initdb = os::command(os::pg_bin().join("initdb"), &root);
+        let bin = opts.bin.clone().unwrap_or_else(os::pg_bin);
+        let mut initdb = os::command(bin.join("initdb"), &root);
         initdb.args(["-D"]).arg(&data).args([
             "-U",
             "postgres",
@@ -146,6 +158,7 @@ impl Cluster {
             port,
             key: opts.key.clone(),
             settings: RefCell::new(BTreeMap::new()),
+            bin,
         };
         {
             let mut s = cluster.settings.borrow_mut();
@@ -219,12 +232,18 @@ impl Cluster {
             port: next_port(source.dir.path()),
             key: source.key.clone(),
             settings: RefCell::new(source.settings.borrow().clone()),
+            bin: source.bin.clone(),
         };
         cluster.set("port", &cluster.port.to_string());
         cluster
     }
 
     /// The principal key file, when the key comes from a file.
+    /// The directory of this cluster's PostgreSQL binaries.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn key_file(&self) -> Option<&Path> {
         match &self.key {
             KeySource::File(path) | KeySource::Both(path, _) => Some(path),
@@ -303,7 +322,7 @@ impl Cluster {
     }
 
     fn pg_ctl(&self) -> Command {
-        let mut cmd = os::command(os::pg_bin().join("pg_ctl"), &self.root);
+        let mut cmd = os::command(self.bin.join("pg_ctl"), &self.root);
         cmd.arg("-D").arg(&self.data);
         cmd
     }
@@ -422,7 +441,7 @@ impl Cluster {
     /// A client program from the PostgreSQL binaries directory with the
     /// connection environment pointing at this cluster.
     pub fn client(&self, program: &str) -> Command {
-        let mut cmd = os::command(os::pg_bin().join(program), &self.root);
+        let mut cmd = os::command(self.bin.join(program), &self.root);
         cmd.env("PGHOST", self.dir.path())
             .env("PGPORT", self.port.to_string())
             .env("PGUSER", "postgres")
@@ -480,7 +499,7 @@ impl Cluster {
     /// Runs a server-side tool (pg_checksums, pg_controldata, ...) on the
     /// data directory: `tool <args> -D <data>`.
     pub fn run_tool(&self, program: &str, args: &[&str]) -> Output {
-        let mut cmd = os::command(os::pg_bin().join(program), &self.root);
+        let mut cmd = os::command(self.bin.join(program), &self.root);
         cmd.args(args).arg("-D").arg(&self.data);
         os::run(&mut cmd, None, COMMAND_TIMEOUT)
     }

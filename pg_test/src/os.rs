@@ -20,6 +20,15 @@ pub fn pg_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
+/// The stock build of PostgreSQL major version `major` under /opt/tde-pg
+/// (scripts/build-pg.sh), if installed; `TDE_PG_BIN_<major>` overrides.
+pub fn stock_pg_bin(major: u32) -> Option<PathBuf> {
+    let dir = std::env::var_os(format!("TDE_PG_BIN_{major}"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/opt/tde-pg/{major}/bin")));
+    dir.join("postgres").is_file().then_some(dir)
+}
+
 /// uid and gid of the OS user the servers run as, when the tests run as
 /// root; `None` when they already run as an ordinary user.
 pub fn server_user() -> Option<(u32, u32)> {

@@ -12,6 +12,7 @@ fn fresh(dir: &TestDir, key: KeySource) -> Cluster {
         key,
         preload: true,
         wal_segment_size_mb: None,
+        bin: None,
     };
     Cluster::new(dir, "main", opts)
 }

@@ -626,6 +626,7 @@ fn wal_with_direct_io() {
             key: pg_test::KeySource::None,
             preload: false,
             wal_segment_size_mb: None,
+            bin: None,
         },
     );
     direct_io_wal(&plain);

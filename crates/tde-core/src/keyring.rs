@@ -25,9 +25,13 @@
 //! mac_P  = HKDF-SHA256(ikm = K, salt = N, info = "tde/v1/wrap/mac", 32 bytes)
 //! wrapped_key = AES-256-CTR(enc_P, counter block = 0^16) XOR R
 //! mac    = HMAC-SHA256(mac_P, "tde/v2/keyring-principal" ‖ 0x00 ‖ u64 version
-//!            ‖ u64 system_identifier ‖ cluster_salt (32) ‖ u64 len(fp) ‖ fp
-//!            ‖ N (16) ‖ wrapped_key (32))
+//!            ‖ cluster_salt (32) ‖ u64 len(fp) ‖ fp ‖ N (16) ‖ wrapped_key (32))
 //! ```
+//!
+//! The entry is bound to its keyring by the cluster salt, not to a cluster's
+//! system identifier, so that moving the keyring to an upgraded cluster
+//! (which pg_upgrade gives a new identifier) needs only the keyring key,
+//! and every principal key keeps opening it.
 //!
 //! Data keys (n_i a fresh random nonce per wrapped key, g_i its generation):
 //!
@@ -265,14 +269,7 @@ impl Keyring {
         let fingerprint = principal.fingerprint();
         let mut wrapped = Zeroizing::new(*self.keyring_key.as_bytes());
         ctr(&enc, &[0; 16]).apply_keystream(&mut wrapped[..]);
-        let tag = entry_mac(
-            &mac_key,
-            self.system_identifier,
-            &self.cluster_salt,
-            &fingerprint,
-            &nonce,
-            &wrapped,
-        );
+        let tag = entry_mac(&mac_key, &self.cluster_salt, &fingerprint, &nonce, &wrapped);
         Ok(PrincipalEntry {
             fingerprint,
             nonce: hex::encode(nonce),
@@ -331,18 +328,16 @@ fn new_mac(
 
 fn entry_mac(
     mac_key: &Key256,
-    system_identifier: u64,
     cluster_salt: &[u8; 32],
     fingerprint: &str,
     nonce: &[u8; 16],
     wrapped_key: &[u8; KEY_LEN],
 ) -> [u8; 32] {
-    let mut mac = new_mac(
-        mac_key,
-        b"tde/v2/keyring-principal",
-        system_identifier,
-        cluster_salt,
-    );
+    let mut mac =
+        <HmacSha256 as KeyInit>::new_from_slice(mac_key.as_bytes()).expect("any key length");
+    mac.update(b"tde/v2/keyring-principal\0");
+    mac.update(&FORMAT_VERSION.to_le_bytes());
+    mac.update(cluster_salt);
     mac.update(&(fingerprint.len() as u64).to_le_bytes());
     mac.update(fingerprint.as_bytes());
     mac.update(nonce);
@@ -497,20 +492,12 @@ impl KeyringFile {
                 expected: self.fingerprints().join(" or "),
                 actual: fingerprint.clone(),
             })?;
-        let system_identifier = self.system_identifier()?;
         let cluster_salt = hex_array::<32>("cluster_salt", &self.cluster_salt)?;
         let nonce = hex_array::<16>("nonce", &entry.nonce)?;
         let wrapped = hex_array::<KEY_LEN>("wrapped_key", &entry.wrapped_key)?;
         let stored_mac = hex_array::<32>("mac", &entry.mac)?;
         let (enc, mac_key) = wrap_keys(principal.key(), &nonce);
-        let expected = entry_mac(
-            &mac_key,
-            system_identifier,
-            &cluster_salt,
-            &fingerprint,
-            &nonce,
-            &wrapped,
-        );
+        let expected = entry_mac(&mac_key, &cluster_salt, &fingerprint, &nonce, &wrapped);
         if !bool::from(expected.ct_eq(&stored_mac)) {
             return Err(Error::KeyringTampered { fingerprint });
         }
@@ -738,6 +725,18 @@ impl KeyringFile {
         Ok((file, next))
     }
 
+    /// A copy for the cluster with system identifier `system_identifier`
+    /// (the new cluster of a pg_upgrade, which keeps the relation files and
+    /// so needs the same keys). `ring` must be this keyring. Every principal
+    /// key keeps opening the copy.
+    pub fn rebound_to(&self, ring: &Keyring, system_identifier: u64) -> Result<KeyringFile> {
+        let mut current = self.open_with_keyring_key(&ring.keyring_key)?;
+        current.system_identifier = system_identifier;
+        let mut out = self.with_sealed_data_keys(&current)?;
+        out.system_identifier = system_identifier.to_string();
+        Ok(out)
+    }
+
     fn check_same_keyring(&self, ring: &Keyring) -> Result<()> {
         let salt = hex_array::<32>("cluster_salt", &self.cluster_salt)?;
         if self.system_identifier()? != ring.system_identifier || salt != ring.cluster_salt {
@@ -915,6 +914,33 @@ mod tests {
         let opened = f4.open(&pk(1)).unwrap();
         assert_eq!(opened.last_generation(), 3);
         assert_eq!(opened.data_key(2), r2.data_key(2));
+    }
+
+    #[test]
+    fn rebound_keyring_opens_for_the_new_cluster_with_every_principal() {
+        let file = Keyring::generate(5)
+            .unwrap()
+            .seal(&[&pk(1), &pk(2)])
+            .unwrap();
+        let ring = file.open(&pk(1)).unwrap();
+        let moved = file.rebound_to(&ring, 77).unwrap();
+        let moved = KeyringFile::parse(moved.to_json().as_bytes()).unwrap();
+        for k in [pk(1), pk(2)] {
+            let opened = open_for_cluster(&moved, &k, 77).unwrap();
+            assert_eq!(opened.data_key(1), ring.data_key(1));
+            assert_eq!(opened.cluster_salt, ring.cluster_salt);
+        }
+        assert!(matches!(
+            open_for_cluster(&moved, &pk(1), 5),
+            Err(Error::ForeignKeyring { .. })
+        ));
+        // The identifier stays authenticated: editing it back is detected.
+        let mut forged = moved.clone();
+        forged.system_identifier = "5".into();
+        assert!(matches!(
+            forged.open(&pk(1)),
+            Err(Error::KeyringTampered { .. })
+        ));
     }
 
     #[test]

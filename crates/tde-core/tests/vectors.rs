@@ -87,22 +87,21 @@ const WRAPPED_DEK2_GEN200: &str =
 //  Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(plain).)
 
 // The MAC input of the principal entry below, laid out as keyring.rs
-// documents it (Python: b"tde/v2/keyring-principal\0" + struct.pack("<QQ",
-// 2, SYSID) + SALT + struct.pack("<Q", 16) + b"987f30a64fc691b8" + NONCE +
-// WRAPPED_KEYRING_KEY), then
+// documents it (Python: b"tde/v2/keyring-principal\0" + struct.pack("<Q", 2)
+// + SALT + struct.pack("<Q", 16) + b"987f30a64fc691b8" + NONCE +
+// WRAPPED_KEYRING_KEY; no system identifier), then
 // echo $ENTRY_MAC_INPUT | xxd -r -p | openssl dgst -sha256 -mac HMAC -macopt hexkey:$WRAP_MAC
 // (same value from Python's hmac.new(WRAP_MAC, input, hashlib.sha256)).
 const ENTRY_MAC_INPUT: &str = concat!(
     "7464652f76322f6b657972696e672d7072696e636970616c00", // label ‖ 0x00
     "0200000000000000",                                   // version 2
-    "c0bae4e827325365",                                   // SYSID
     "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f", // SALT
     "1000000000000000",                                   // len(fp) = 16
     "39383766333061363466633639316238",                   // "987f30a64fc691b8"
     "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",                   // NONCE
     "000e52e5cfc17c1f5549c980a735d92b580bffa38597b0c6131edaa74ec42ea0", // wrapped R
 );
-const ENTRY_MAC: &str = "4f83a8730c06bb4dc0865dc6101c6b88691de96f2f084d621a8220cc0d9df4d6";
+const ENTRY_MAC: &str = "1ad315912a2929e630a9b846e6deb2aa2e267551ec3f4c0eba2bfe78c589e7b4";
 
 // The MAC input of the data keys below (Python: b"tde/v2/keyring-data-keys\0"
 // + struct.pack("<QQ", 2, SYSID) + SALT + bytes([201]) + struct.pack("<Q", 2)
@@ -242,7 +241,7 @@ fn wrap_cipher_known_answers() {
 #[test]
 fn entry_mac_known_answer() {
     let input = hex::decode(ENTRY_MAC_INPUT).unwrap();
-    assert_eq!(input.len(), 25 + 8 + 8 + 32 + 8 + 16 + 16 + 32);
+    assert_eq!(input.len(), 25 + 8 + 32 + 8 + 16 + 16 + 32);
     assert_eq!(
         hex::encode(hmac_sha256(&unhex::<32>(WRAP_MAC), &[&input])),
         ENTRY_MAC

@@ -6,6 +6,7 @@
 //! tdectl verify PGDATA [--data-checksums] [--json]
 //! tdectl wal decrypt  (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
 //! tdectl wal encrypt  (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
+//! tdectl prepare-upgrade (--pgdata OLD | --keyring FILE) (--key-file F | --key-command CMD) NEW_PGDATA
 //! ```
 //!
 //! `wal decrypt` turns an encrypted WAL segment into the plaintext segment
@@ -15,6 +16,8 @@
 //! when any page is plaintext or (with `--data-checksums`) fails its
 //! checksum.
 #![forbid(unsafe_code)]
+
+mod upgrade;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -34,7 +37,8 @@ const USAGE: &str = "usage:
   tdectl keyring remove-key (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) --fingerprint FP
   tdectl verify PGDATA [--data-checksums] [--json]
   tdectl wal decrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
-  tdectl wal encrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST";
+  tdectl wal encrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
+  tdectl prepare-upgrade (--pgdata OLD | --keyring FILE) (--key-file F | --key-command CMD) NEW_PGDATA";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +57,7 @@ fn run(args: &[String]) -> Result<(), String> {
         ["key", "generate", file] => key_generate(file),
         ["verify", rest @ ..] => verify(rest),
         ["keyring", rest @ ..] => keyring_command(rest),
+        ["prepare-upgrade", rest @ ..] => upgrade::prepare_upgrade(&parse_options(rest)?),
         ["wal", "decrypt", rest @ ..] => wal_transform(rest, Direction::Decrypt),
         ["wal", "encrypt", rest @ ..] => wal_transform(rest, Direction::Encrypt),
         ["--help"] | ["-h"] | ["help"] => {

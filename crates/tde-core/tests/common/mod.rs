@@ -183,11 +183,15 @@ fn own_mac_prefix(file: &serde_json::Value, label: &[u8]) -> Vec<u8> {
 }
 
 /// The documented MAC input of principal entry `entry` of `file`:
-/// `"tde/v2/keyring-principal" ‖ 0x00 ‖ u64 version ‖ u64 system_identifier
-/// ‖ cluster_salt ‖ u64 len(fp) ‖ fp ‖ nonce ‖ wrapped_key`.
+/// `"tde/v2/keyring-principal" ‖ 0x00 ‖ u64 version ‖ cluster_salt
+/// ‖ u64 len(fp) ‖ fp ‖ nonce ‖ wrapped_key` (no system identifier).
 pub fn own_entry_mac_input(file: &serde_json::Value, entry: &serde_json::Value) -> Vec<u8> {
     let fp = entry["fingerprint"].as_str().expect("fingerprint string");
-    let mut m = own_mac_prefix(file, b"tde/v2/keyring-principal");
+    let version = file["version"].as_u64().expect("numeric version");
+    let mut m = Vec::new();
+    m.extend_from_slice(b"tde/v2/keyring-principal\0");
+    m.extend_from_slice(&version.to_le_bytes());
+    m.extend_from_slice(&json_hex(file, "cluster_salt"));
     m.extend_from_slice(&(fp.len() as u64).to_le_bytes());
     m.extend_from_slice(fp.as_bytes());
     m.extend_from_slice(&json_hex(entry, "nonce"));

@@ -1,0 +1,244 @@
+//! pg_upgrade into the PostgreSQL version under test from the previous
+//! supported one (15 → 17, the stock 15 build of 17's minor release round),
+//! with stock pg_upgrade: an encrypted cluster with
+//! `--copy` and with `--link` (the new cluster gets the old keyring through
+//! `tdectl prepare-upgrade`), and a plaintext cluster into an encrypted one
+//! with `--link`, encrypted in place afterwards. Every table's contents and
+//! every sequence are compared before and after, `pg_amcheck` must be clean
+//! and new writes encrypted.
+//!
+//! Under PostgreSQL 15 (no older supported version) there is nothing to
+//! upgrade from, and the tests say so and return.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use pg_test::wal::tdectl;
+use pg_test::{marker, os, random_key_hex, scan, tde, Cluster, ClusterOptions, TestDir};
+
+/// The version under test and the one to upgrade from.
+fn versions() -> Option<(u32, std::path::PathBuf)> {
+    let out = Command::new(os::pg_bin().join("postgres"))
+        .arg("--version")
+        .output()
+        .expect("postgres --version");
+    // "postgres (PostgreSQL) 17.11"
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let under_test: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected postgres --version output {text:?}"));
+    let old = match under_test {
+        17 => 15,
+        18 => 17,
+        _ => {
+            eprintln!("PostgreSQL {under_test}: no older supported version to upgrade from");
+            return None;
+        }
+    };
+    // The stock build of the old version, of the same minor release round
+    // as the new one (see scripts/build-pg.sh).
+    let bin = os::stock_pg_bin(old).unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL {old} (the upgrade source) is not installed; run scripts/build-pg.sh {old}"
+        )
+    });
+    Some((old, bin))
+}
+
+/// A digest of every user table's rows and every sequence's state.
+fn contents(c: &Cluster) -> BTreeMap<String, String> {
+    let tables = c.psql(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+          WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+    );
+    let mut out = BTreeMap::new();
+    for t in tables.lines() {
+        out.insert(
+            t.to_string(),
+            c.psql(&format!(
+                "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {t} x"
+            )),
+        );
+    }
+    let seqs =
+        c.psql("SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1");
+    for s in seqs.lines() {
+        out.insert(
+            s.to_string(),
+            c.psql(&format!("SELECT last_value || ':' || is_called FROM {s}")),
+        );
+    }
+    assert!(out.len() >= 6, "too little to compare: {out:?}");
+    out
+}
+
+/// Tables of every storage kind the upgrade carries: pgbench's tables, heap
+/// with TOAST and btree and GIN indexes, sequences, a materialized view.
+fn fill(c: &Cluster, m: &str) {
+    let init = c.run_client(
+        "pgbench",
+        &["-i", "-q", "-s", "2"],
+        Duration::from_secs(300),
+    );
+    assert!(init.success(), "{}", init.text());
+    c.psql(&format!(
+        "CREATE TABLE docs(id bigserial PRIMARY KEY, body text, tags text[]);
+         ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+         INSERT INTO docs(body, tags)
+           SELECT '{m}-' || g || repeat(md5(g::text), CASE WHEN g % 50 = 0 THEN 200 ELSE 1 END),
+                  ARRAY['t' || g % 7]
+           FROM generate_series(1, 5000) g;
+         CREATE INDEX docs_tags ON docs USING gin(tags);
+         CREATE MATERIALIZED VIEW docs_mv AS SELECT id, left(body, 40) AS head FROM docs WHERE id % 3 = 0;
+         CREATE SEQUENCE lone_seq; SELECT setval('lone_seq', 4242);
+         CHECKPOINT;"
+    ));
+}
+
+fn pg_upgrade(old: &Cluster, new: &Cluster, mode: &str) {
+    let mut cmd = os::command(new.bin().join("pg_upgrade"), new.root());
+    cmd.arg("-b")
+        .arg(old.bin())
+        .arg("-B")
+        .arg(new.bin())
+        .arg("-d")
+        .arg(old.data_dir())
+        .arg("-D")
+        .arg(new.data_dir())
+        .args(["-p", &old.port().to_string(), "-P", &new.port().to_string()])
+        .arg("-s")
+        .arg(new.socket_dir())
+        .args(["-U", "postgres", mode]);
+    let out = os::run(&mut cmd, None, Duration::from_secs(600));
+    assert!(out.success(), "pg_upgrade {mode} failed:\n{}", out.text());
+}
+
+fn amcheck(c: &Cluster) {
+    let check = c.run_client(
+        "pg_amcheck",
+        &["--all", "--install-missing", "--heapallindexed"],
+        Duration::from_secs(300),
+    );
+    assert!(check.success(), "pg_amcheck: {}", check.text());
+}
+
+fn tdectl_verify(c: &Cluster) -> os::Output {
+    let mut cmd = Command::new(tdectl());
+    cmd.arg("verify").arg(c.data_dir()).arg("--data-checksums");
+    os::run(&mut cmd, None, Duration::from_secs(300))
+}
+
+/// After the upgrade: identical contents, amcheck clean, new writes
+/// encrypted, and after `tde_encrypt_all()` no plaintext page at all.
+fn check_upgraded(new: &Cluster, before: &BTreeMap<String, String>) {
+    assert_eq!(&contents(new), before, "contents after pg_upgrade");
+    amcheck(new);
+    let m = marker("after-upgrade");
+    new.psql(&format!(
+        "CREATE TABLE fresh AS SELECT g, '{m}-' || g AS v FROM generate_series(1, 3000) g; CHECKPOINT"
+    ));
+    let plain: i64 = new
+        .psql("SELECT sum(plaintext) FROM tde_relation_pages('fresh')")
+        .parse()
+        .unwrap();
+    assert_eq!(plain, 0, "new writes after the upgrade are plaintext");
+    let hits = scan::find_in_tree(new.data_dir(), &[m.as_bytes()], &[]);
+    assert!(hits.is_empty(), "marker on disk: {hits:?}");
+    new.psql("SELECT tde_encrypt_all()");
+    new.stop();
+    let out = tdectl_verify(new);
+    assert!(
+        out.success(),
+        "tdectl verify after the upgrade:\n{}",
+        out.text()
+    );
+}
+
+fn encrypted_upgrade(mode: &str) {
+    let Some((old_major, old_bin)) = versions() else {
+        return;
+    };
+    let dir = TestDir::new();
+    let key = dir.key_file("principal", &random_key_hex(), 0o600);
+    let opts = ClusterOptions::with_key_file(&key).checksums(true);
+    let old = Cluster::new(&dir, "old", opts.clone().bin(&old_bin));
+    old.start();
+    old.psql("CREATE EXTENSION tde");
+    let m = marker("before-upgrade");
+    fill(&old, &m);
+    let before = contents(&old);
+    let fingerprint = tde::status(&old).principal_key_fingerprint;
+    old.stop();
+    eprintln!("upgrading an encrypted PostgreSQL {old_major} cluster with {mode}");
+
+    let new = Cluster::new(&dir, "new", opts);
+    let mut prepare = Command::new(tdectl());
+    prepare
+        .args(["prepare-upgrade", "--pgdata"])
+        .arg(old.data_dir())
+        .arg("--key-file")
+        .arg(&key)
+        .arg(new.data_dir());
+    let out = os::run(&mut prepare, None, Duration::from_secs(60));
+    assert!(out.success(), "tdectl prepare-upgrade:\n{}", out.text());
+    pg_upgrade(&old, &new, mode);
+    new.start();
+    // The old cluster's pages came over as they were: encrypted.
+    let hits = scan::find_in_tree(new.data_dir(), &[m.as_bytes()], &[]);
+    assert!(hits.is_empty(), "marker on disk: {hits:?}");
+    assert_eq!(tde::status(&new).principal_key_fingerprint, fingerprint);
+    check_upgraded(&new, &before);
+}
+
+#[test]
+fn encrypted_cluster_upgrades_with_copy() {
+    encrypted_upgrade("--copy");
+}
+
+#[test]
+fn encrypted_cluster_upgrades_with_link() {
+    encrypted_upgrade("--link");
+}
+
+#[test]
+fn plaintext_cluster_upgrades_into_an_encrypted_one_with_link() {
+    let Some((_, old_bin)) = versions() else {
+        return;
+    };
+    let dir = TestDir::new();
+    let key = dir.key_file("principal", &random_key_hex(), 0o600);
+    let mut plain_opts = ClusterOptions::with_key_file(&key)
+        .checksums(true)
+        .bin(&old_bin);
+    plain_opts.preload = false;
+    plain_opts.key = pg_test::KeySource::None;
+    let old = Cluster::new(&dir, "old", plain_opts);
+    old.start();
+    let m = marker("plaintext-before");
+    fill(&old, &m);
+    let before = contents(&old);
+    old.stop();
+    let hits = scan::find_in_tree(old.data_dir(), &[m.as_bytes()], &["pg_wal"]);
+    assert!(
+        !hits.is_empty(),
+        "control: the old cluster is not plaintext"
+    );
+
+    let new = Cluster::new(
+        &dir,
+        "new",
+        ClusterOptions::with_key_file(&key).checksums(true),
+    );
+    pg_upgrade(&old, &new, "--link");
+    new.start();
+    // Readable at once, before any re-encryption.
+    assert_eq!(contents(&new), before, "contents right after pg_upgrade");
+    new.psql("CREATE EXTENSION tde");
+    check_upgraded(&new, &before);
+    let hits = scan::find_in_tree(new.data_dir(), &[m.as_bytes()], &["pg_wal"]);
+    assert!(hits.is_empty(), "marker after tde_encrypt_all: {hits:?}");
+}
