@@ -51,3 +51,9 @@ install_atomic "$control" "$extdir/tde.control"
 for f in "${sql_files[@]}"; do
     install_atomic "$f" "$extdir/$(basename "$f")"
 done
+# Earlier releases' install scripts and the upgrade scripts from them
+# (ALTER EXTENSION tde UPDATE).
+for f in "$REPO_ROOT"/sql/tde--*.sql; do
+    [ -e "$f" ] || continue
+    install_atomic "$f" "$extdir/$(basename "$f")"
+done

@@ -1,0 +1,56 @@
+//! `ALTER EXTENSION tde UPDATE` from the previous release's SQL (kept in
+//! `sql/`) gives exactly the objects of a fresh install of the current one,
+//! and they work.
+
+use pg_test::{encrypted_cluster, TestDir};
+
+/// The extension's functions with their full signatures, result types,
+/// volatility, strictness, parallel safety and C symbols, one per line,
+/// sorted.
+const FUNCTIONS: &str = "SELECT string_agg(sig, E'\\n' ORDER BY sig) FROM (
+       SELECT p.proname || '(' || pg_get_function_arguments(p.oid) || ') -> '
+              || pg_get_function_result(p.oid) || ' ' || p.provolatile::text || p.proisstrict::text
+              || p.proparallel::text || ' ' || p.prosrc AS sig
+         FROM pg_proc p
+         JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+         JOIN pg_extension e ON d.refclassid = 'pg_extension'::regclass
+                             AND d.refobjid = e.oid AND e.extname = 'tde') s";
+
+#[test]
+fn update_from_the_previous_release_matches_a_fresh_install() {
+    let dir = TestDir::new();
+    let c = encrypted_cluster(&dir);
+    let fresh = c.psql(FUNCTIONS);
+    let current = c.psql("SELECT extversion FROM pg_extension WHERE extname = 'tde'");
+    assert_eq!(current, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        c.psql("SELECT default_version FROM pg_available_extensions WHERE name = 'tde'"),
+        current
+    );
+
+    c.psql("CREATE DATABASE updated");
+    let in_updated = |sql: &str| {
+        let out = c.psql_output("updated", sql);
+        assert!(out.success(), "{sql}: {}", out.text());
+        out.stdout.trim().to_string()
+    };
+    in_updated("CREATE EXTENSION tde VERSION '0.1.0'");
+    let old = in_updated(FUNCTIONS);
+    assert!(
+        !old.contains("tde_rotate_data_key") && old.contains("tde_status"),
+        "0.1.0 objects:\n{old}"
+    );
+    in_updated("ALTER EXTENSION tde UPDATE");
+    assert_eq!(
+        in_updated("SELECT extversion FROM pg_extension WHERE extname = 'tde'"),
+        current
+    );
+    assert_eq!(in_updated(FUNCTIONS), fresh, "updated versus fresh install");
+    // The new and the changed functions run.
+    assert_eq!(
+        in_updated("SELECT data_key_generations FROM tde_status()"),
+        "1"
+    );
+    assert_eq!(in_updated("SELECT tde_rotate_data_key()"), "2");
+    assert!(in_updated("SELECT wal_generations FROM tde_verify()").starts_with('{'));
+}
