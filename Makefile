@@ -9,7 +9,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 # PostgreSQL major versions to build, install and test against: all
 # supported ones by default, `make test PG=17` for one.
-PG ?= 15 17
+PG ?= 15 17 18
 # Targets that work on one version (install, test-pg, test-cluster,
 # test-regress, run) take the first.
 export PG_MAJOR ?= $(firstword $(PG))
@@ -18,13 +18,13 @@ export PG_MAJOR ?= $(firstword $(PG))
 	test-core test-pg test-cluster test-regress test-regress-plain bench test
 
 help:
-	@echo "make setup         install system packages, cargo-pgrx, build PostgreSQL 17, pgrx config (idempotent)"
+	@echo "make setup         install system packages, cargo-pgrx, build PostgreSQL 17 and 18, pgrx config (idempotent)"
 	@echo "make build         cargo build the workspace"
 	@echo "make install       build tde (release) and install it into PostgreSQL \$$PG_MAJOR (default 15)"
 	@echo "make run           setup + install + start the demo cluster with tde (port 5499)"
 	@echo "make stop          stop the demo cluster"
 	@echo "make test          everything below, in order, stopping at the first failure,"
-	@echo "                   for every supported PostgreSQL version (PG=\"15 17\"; make test PG=17 for one)"
+	@echo "                   for every supported PostgreSQL version (PG=\"15 17 18\"; make test PG=17 for one)"
 	@echo "  fmt-check clippy test-core, then per version: test-pg install test-cluster test-regress"
 	@echo "make test-regress-plain   PostgreSQL regression suite without tde (baseline)"
 	@echo "make bench         benchmarks (scripts/bench.sh)"
@@ -69,6 +69,7 @@ test-pg:
 # The stock build the pg_upgrade tests start from, per version under test
 # (see scripts/build-pg.sh); it needs tde too.
 UPGRADE_SOURCE_17 := 15
+UPGRADE_SOURCE_18 := 17
 
 test-cluster: install
 	$(CARGO) build --release -p tdectl

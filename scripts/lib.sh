@@ -16,7 +16,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # package; 17 and 18 are stock servers built from Debian's source packages by
 # scripts/build-pg.sh and installed under /opt/tde-pg/<major>.
 PG_MAJOR="${PG_MAJOR:-15}"
-SUPPORTED_PG_MAJORS="15 17"
+SUPPORTED_PG_MAJORS="15 17 18"
 case " $SUPPORTED_PG_MAJORS " in
     *" $PG_MAJOR "*) ;;
     *) printf 'error: PostgreSQL %s is not supported (supported: %s)\n' "$PG_MAJOR" "$SUPPORTED_PG_MAJORS" >&2; exit 1 ;;

@@ -26,6 +26,10 @@ mod version;
 
 pub use version::{wrapper_extend, wrapper_read, wrapper_write};
 
+#[cfg(feature = "pg18")]
+#[path = "smgr_hooks/aio.rs"]
+pub mod aio;
+
 /// The dispatch table's original read, write and extend entries (md.c's).
 static ORIGINALS: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
 const READ: usize = 0;

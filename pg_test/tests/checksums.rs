@@ -89,8 +89,15 @@ fn pg_checksums_on_encrypted_cluster() {
     let err = c
         .try_psql("SELECT count(*) FROM t")
         .expect_err("reading a damaged page succeeded without ignore_checksum_failure");
-    assert!(err.contains("page verification failed"), "{err}");
     assert!(err.contains("invalid page in block 1"), "{err}");
+    // Up to 17 the checksum warning reaches the client; 18 (whose reads
+    // complete asynchronously) logs it in the server log only.
+    assert!(
+        err.contains("page verification failed")
+            || c.log_text()
+                .contains("page verification failed, calculated checksum"),
+        "{err}"
+    );
 
     let out = c.psql_output(
         "postgres",
@@ -100,7 +107,9 @@ fn pg_checksums_on_encrypted_cluster() {
     assert!(out.success(), "{}", out.text());
     assert_eq!(out.stdout.trim(), ROWS.to_string());
     assert!(
-        out.stderr.contains("page verification failed"),
+        out.stderr.contains("page verification failed")
+            || out.stderr.contains("ignoring checksum failure")
+            || c.log_text().matches("page verification failed").count() >= 2,
         "{}",
         out.stderr
     );

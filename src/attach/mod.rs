@@ -167,6 +167,8 @@ pub fn attach_storage_manager() {
         refuse(&e);
     }
     self_test();
+    #[cfg(feature = "pg18")]
+    attach_aio_reads();
     let _ = ATTACHED.set(Attached {
         description: format!(
             "smgr: dispatch table patched ({}, {}, {}) on PostgreSQL {}",
@@ -176,6 +178,32 @@ pub fn attach_storage_manager() {
             server_version()
         ),
     });
+}
+
+/// PostgreSQL 18: md.c's completion callback for asynchronous reads, in its
+/// callback table entry `aio_md_readv_cb` (read-only relocated data), is
+/// replaced by the wrapper that decrypts what was read.
+#[cfg(feature = "pg18")]
+fn attach_aio_reads() {
+    // SAFETY: only the address of the exported callback table entry is
+    // taken, and its current value read.
+    let (slot, current) = unsafe {
+        let slot = &raw const smgr_hooks::aio::aio_md_readv_cb.complete_shared;
+        (slot as usize, *(slot as *const usize))
+    };
+    if current == 0 {
+        refuse("md.c registers no completion callback for asynchronous reads");
+    }
+    let region = relro::main_program_relro().unwrap_or_else(|e| refuse(&e));
+    if slot < region.start || slot >= region.start + region.len {
+        refuse("md.c's asynchronous read callbacks are not in read-only relocated data");
+    }
+    smgr_hooks::aio::save_original(current);
+    // SAFETY: the slot is an aligned word of the RELRO segment holding a
+    // function pointer of the wrapper's signature; no other process exists.
+    if let Err(e) = unsafe { relro::patch_word(slot, smgr_hooks::aio::wrapper()) } {
+        refuse(&format!("cannot hook asynchronous reads: {e}"));
+    }
 }
 
 /// Rebinds the postgres executable's file I/O imports to the WAL wrappers,

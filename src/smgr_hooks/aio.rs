@@ -1,0 +1,102 @@
+//! PostgreSQL 18 reads relation pages through asynchronous I/O: the buffer
+//! manager starts a read with `smgrstartreadv`, the kernel (io_uring), an I/O
+//! worker or the backend itself (`io_method = sync`) fills the buffers, and
+//! completion callbacks run in whichever process completes the I/O — md.c's
+//! first, then the buffer manager's, which verifies each page. Our wrapper
+//! takes md.c's place in its callback table entry (`aio_md_readv_cb`) and
+//! decrypts the pages that were read before the buffer manager looks at them.
+//!
+//! Completion callbacks run inside a critical section and must not raise
+//! errors: a page that does not decrypt is left as stored, and the buffer
+//! manager's verification then reports it as an invalid page.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pgrx::pg_sys::{self, PgAioHandle, PgAioResult, PgAioTargetData};
+use tde_core::page::{Page, PAGE_SIZE};
+
+use super::checksums_enabled;
+use crate::keys;
+
+type CompleteFn = unsafe extern "C-unwind" fn(*mut PgAioHandle, PgAioResult, u8) -> PgAioResult;
+
+/// The head of `struct PgAioHandleCallbacks` (storage/aio.h), which pgrx's
+/// bindings leave opaque: `stage`, then `complete_shared`.
+#[repr(C)]
+pub struct CallbacksHead {
+    pub stage: usize,
+    pub complete_shared: usize,
+}
+
+// Declared here because pgrx's bindings do not cover storage/aio.h and
+// storage/md.h; the signatures are PostgreSQL 18's.
+extern "C-unwind" {
+    pub static aio_md_readv_cb: CallbacksHead;
+    fn pgaio_io_get_target_data(ioh: *mut PgAioHandle) -> *mut PgAioTargetData;
+    fn pgaio_io_get_iovec(ioh: *mut PgAioHandle, iov: *mut *mut libc::iovec) -> std::ffi::c_int;
+}
+
+static ORIGINAL: AtomicUsize = AtomicUsize::new(0);
+
+pub fn save_original(complete: usize) {
+    ORIGINAL.store(complete, Ordering::Relaxed);
+}
+
+pub fn wrapper() -> usize {
+    tde_md_readv_complete as CompleteFn as *const () as usize
+}
+
+unsafe extern "C-unwind" fn tde_md_readv_complete(
+    ioh: *mut PgAioHandle,
+    prior: PgAioResult,
+    cb_data: u8,
+) -> PgAioResult {
+    // SAFETY: set once in the postmaster from the callback entry that held
+    // md_readv_complete, of signature CompleteFn.
+    let orig =
+        unsafe { std::mem::transmute::<usize, CompleteFn>(ORIGINAL.load(Ordering::Relaxed)) };
+    // SAFETY: forwarding the server's arguments to md.c's own callback.
+    let result = unsafe { orig(ioh, prior, cb_data) };
+    if result.status() == pg_sys::PgAioResultStatus::PGAIO_RS_ERROR as u32 || result.result <= 0 {
+        return result;
+    }
+    let blocks = result.result as usize;
+    // Never unwind into the server's critical section.
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: the handle is the completing I/O; its target data and
+        // iovecs describe the buffers it read, which nobody else may touch
+        // until the completion callbacks are done.
+        unsafe { decrypt_completed(ioh, blocks) }
+    });
+    result
+}
+
+/// Decrypts the first `blocks` pages of a completed read, in place.
+///
+/// # Safety
+/// `ioh` is a read being completed by this process.
+unsafe fn decrypt_completed(ioh: *mut PgAioHandle, blocks: usize) {
+    // SAFETY: per the contract.
+    let first_block = unsafe { (*pgaio_io_get_target_data(ioh)).smgr.blockNum };
+    let mut iov: *mut libc::iovec = std::ptr::null_mut();
+    // SAFETY: per the contract; the count says how many iovecs `iov` holds.
+    let count = unsafe { pgaio_io_get_iovec(ioh, &raw mut iov) };
+    let keys = keys::current();
+    let checksums = checksums_enabled();
+    let mut done = 0usize;
+    for i in 0..count.max(0) as usize {
+        // SAFETY: i < count.
+        let v = unsafe { *iov.add(i) };
+        for k in 0..v.iov_len / PAGE_SIZE {
+            if done == blocks {
+                return;
+            }
+            // SAFETY: each iovec covers whole pages of the read's buffers.
+            let page = unsafe { &mut *(v.iov_base.cast::<u8>().add(k * PAGE_SIZE) as *mut Page) };
+            let _ = keys
+                .page
+                .decrypt(page, first_block + done as u32, checksums);
+            done += 1;
+        }
+    }
+}
