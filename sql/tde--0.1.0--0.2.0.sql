@@ -3,7 +3,8 @@
 -- key generation held, tde_verify() the generations of the WAL segments in
 -- pg_wal. Both gained an output column, which CREATE OR REPLACE cannot add,
 -- so they are dropped and created again (nothing in the extension depends on
--- them).
+-- them), under new C symbols: the old symbols keep the 0.1.0 row shapes for
+-- databases not updated yet.
 \echo Use "ALTER EXTENSION tde UPDATE TO '0.2.0'" to load this file. \quit
 
 CREATE FUNCTION "tde_rotate_data_key"() RETURNS INT
@@ -35,7 +36,7 @@ CREATE FUNCTION "tde_status"() RETURNS TABLE (
 )
 STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'tde_status_wrapper';
+AS 'MODULE_PATHNAME', 'tde_status_v2_wrapper';
 
 DROP FUNCTION "tde_verify"();
 CREATE FUNCTION "tde_verify"() RETURNS TABLE (
@@ -50,4 +51,4 @@ CREATE FUNCTION "tde_verify"() RETURNS TABLE (
 )
 STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'tde_verify_wrapper';
+AS 'MODULE_PATHNAME', 'tde_verify_v2_wrapper';

@@ -10,8 +10,8 @@ use crate::{attach, guc, keys, startup};
 
 // pgrx reads the column names from this signature, so it cannot be aliased.
 #[allow(clippy::type_complexity)]
-#[pg_extern(volatile, parallel_safe)]
-fn tde_status() -> TableIterator<
+#[pg_extern(volatile, parallel_safe, name = "tde_status")]
+fn tde_status_v2() -> TableIterator<
     'static,
     (
         name!(attach, String),
@@ -170,8 +170,8 @@ fn generations_json(by_generation: &std::collections::BTreeMap<u8, u64>) -> Stri
 /// reported as damaged.
 // pgrx reads the column names from this signature, so it cannot be aliased.
 #[allow(clippy::type_complexity)]
-#[pg_extern(volatile, parallel_safe)]
-fn tde_verify() -> TableIterator<
+#[pg_extern(volatile, parallel_safe, name = "tde_verify")]
+fn tde_verify_v2() -> TableIterator<
     'static,
     (
         name!(files, i64),
@@ -208,4 +208,46 @@ fn wal_generations_json() -> String {
     let wal = tde_core::wal_scan::wal_generations(&startup::data_dir().join("pg_wal"), size)
         .unwrap_or_else(|e| pgrx::error!("tde: cannot scan pg_wal: {e}"));
     generations_json(&wal.iter().map(|(g, s)| (*g, s.len() as u64)).collect())
+}
+
+// The shapes of 0.1.0, still behind their C symbols: until `ALTER EXTENSION
+// tde UPDATE` runs, a database's catalog declares these result columns for
+// `tde_status_wrapper` and `tde_verify_wrapper`, and PostgreSQL builds the
+// rows by that declaration. Not part of the current SQL.
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe, sql = false)]
+fn tde_status() -> TableIterator<
+    'static,
+    (
+        name!(attach, String),
+        name!(server_version, String),
+        name!(principal_key_fingerprint, String),
+        name!(data_key_generation, i32),
+        name!(data_encryption, bool),
+        name!(wal_encryption, bool),
+        name!(wal_segment, Option<String>),
+        name!(wal_segment_salt, Option<String>),
+    ),
+> {
+    TableIterator::new(
+        tde_status_v2().map(|(a, v, fp, g, _all, d, w, seg, salt)| (a, v, fp, g, d, w, seg, salt)),
+    )
+}
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe, sql = false)]
+fn tde_verify() -> TableIterator<
+    'static,
+    (
+        name!(files, i64),
+        name!(pages, i64),
+        name!(encrypted, i64),
+        name!(plaintext, i64),
+        name!(empty, i64),
+        name!(checksum_failures, i64),
+        name!(generations, String),
+    ),
+> {
+    TableIterator::new(tde_verify_v2().map(|(f, p, e, pl, em, c, g, _wal)| (f, p, e, pl, em, c, g)))
 }

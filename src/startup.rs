@@ -90,6 +90,20 @@ fn create_keyring(
     if dir.exists() {
         missing(format!("directory \"{}\" exists", dir.display()));
     }
+    // pg_upgrade starts the new cluster before it brings the old cluster's
+    // files over, so the scan below cannot see them yet.
+    // SAFETY: a plain read of a flag the postmaster set from its options.
+    if unsafe { pg_sys::IsBinaryUpgrade } {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "tde: refusing to create a keyring in a cluster started by pg_upgrade (\"{}\" is missing)",
+                path.display()
+            ),
+            "If the old cluster is encrypted, run tdectl prepare-upgrade for the new cluster first; if it is plaintext, start the new cluster once with tde before running pg_upgrade."
+        );
+    }
     match scan::find_encrypted_page(pgdata) {
         Ok(Some((file, block))) => missing(format!(
             "page {block} of \"{}\" is encrypted",

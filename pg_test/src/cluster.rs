@@ -238,12 +238,12 @@ impl Cluster {
         cluster
     }
 
-    /// The principal key file, when the key comes from a file.
     /// The directory of this cluster's PostgreSQL binaries.
     pub fn bin(&self) -> &Path {
         &self.bin
     }
 
+    /// The principal key file, when the key comes from a file.
     pub fn key_file(&self) -> Option<&Path> {
         match &self.key {
             KeySource::File(path) | KeySource::Both(path, _) => Some(path),

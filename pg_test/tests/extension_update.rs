@@ -40,6 +40,16 @@ fn update_from_the_previous_release_matches_a_fresh_install() {
         !old.contains("tde_rotate_data_key") && old.contains("tde_status"),
         "0.1.0 objects:\n{old}"
     );
+    // 0.1.0's objects keep working with the current library until the
+    // update (their rows are built by 0.1.0's declarations).
+    assert_eq!(
+        in_updated(
+            "SELECT data_key_generation || ' ' || data_encryption || ' ' || (wal_segment IS NOT NULL)
+               FROM tde_status()"
+        ),
+        "1 true true"
+    );
+    assert!(in_updated("SELECT generations FROM tde_verify()").starts_with('{'));
     in_updated("ALTER EXTENSION tde UPDATE");
     assert_eq!(
         in_updated("SELECT extversion FROM pg_extension WHERE extname = 'tde'"),

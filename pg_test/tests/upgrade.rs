@@ -1,6 +1,6 @@
 //! pg_upgrade into the PostgreSQL version under test from the previous
-//! supported one (15 → 17, the stock 15 build of 17's minor release round),
-//! with stock pg_upgrade: an encrypted cluster with
+//! supported one (15 → 17 from the stock 15 build of 17's minor release
+//! round, 17 → 18), with stock pg_upgrade: an encrypted cluster with
 //! `--copy` and with `--link` (the new cluster gets the old keyring through
 //! `tdectl prepare-upgrade`), and a plaintext cluster into an encrypted one
 //! with `--link`, encrypted in place afterwards. Every table's contents and
@@ -233,6 +233,42 @@ fn plaintext_cluster_upgrades_into_an_encrypted_one_with_link() {
         "new",
         ClusterOptions::with_key_file(&key).checksums(true),
     );
+    // Started by pg_upgrade, the new cluster refuses to create a keyring
+    // (pg_upgrade could be about to bring encrypted files); one ordinary
+    // start with tde creates it.
+    let mut check = os::command(new.bin().join("pg_upgrade"), new.root());
+    check
+        .arg("-b")
+        .arg(old.bin())
+        .arg("-B")
+        .arg(new.bin())
+        .arg("-d")
+        .arg(old.data_dir())
+        .arg("-D")
+        .arg(new.data_dir())
+        .args(["-p", &old.port().to_string(), "-P", &new.port().to_string()])
+        .arg("-s")
+        .arg(new.socket_dir())
+        .args(["-U", "postgres", "--link"]);
+    let refused = os::run(&mut check, None, Duration::from_secs(300));
+    assert!(!refused.success(), "pg_upgrade ran without a keyring");
+    assert!(
+        std::fs::read_dir(new.data_dir())
+            .unwrap()
+            .flatten()
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("pg_upgrade_output")),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        !new.keyring_path().exists(),
+        "a keyring was created by pg_upgrade"
+    );
+    new.start();
+    new.stop();
     pg_upgrade(&old, &new, "--link");
     new.start();
     // Readable at once, before any re-encryption.

@@ -185,11 +185,28 @@ pub fn attach_storage_manager() {
 /// replaced by the wrapper that decrypts what was read.
 #[cfg(feature = "pg18")]
 fn attach_aio_reads() {
+    // With io_uring any backend may complete another's read, including the
+    // read of a temporary table into the owner's private memory, and md.c's
+    // shared completion callback would then decrypt at an address that is
+    // not the buffer in this process.
+    // SAFETY: GetConfigOption returns a pointer to GUC storage, copied at once.
+    let method = unsafe {
+        let p = pg_sys::GetConfigOption(c"io_method".as_ptr(), true, false);
+        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+    };
+    if method.as_deref() == Some("io_uring") {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "tde: io_method = io_uring is not supported yet",
+            "Set io_method = worker (the default) or io_method = sync in postgresql.conf."
+        );
+    }
     // SAFETY: only the address of the exported callback table entry is
     // taken, and its current value read.
     let (slot, current) = unsafe {
         let slot = &raw const smgr_hooks::aio::aio_md_readv_cb.complete_shared;
-        (slot as usize, *(slot as *const usize))
+        (slot as usize, *slot)
     };
     if current == 0 {
         refuse("md.c registers no completion callback for asynchronous reads");

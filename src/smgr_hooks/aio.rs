@@ -33,7 +33,10 @@ pub struct CallbacksHead {
 extern "C-unwind" {
     pub static aio_md_readv_cb: CallbacksHead;
     fn pgaio_io_get_target_data(ioh: *mut PgAioHandle) -> *mut PgAioTargetData;
-    fn pgaio_io_get_iovec(ioh: *mut PgAioHandle, iov: *mut *mut libc::iovec) -> std::ffi::c_int;
+    fn pgaio_io_get_iovec_length(
+        ioh: *mut PgAioHandle,
+        iov: *mut *mut libc::iovec,
+    ) -> std::ffi::c_int;
 }
 
 static ORIGINAL: AtomicUsize = AtomicUsize::new(0);
@@ -57,7 +60,7 @@ unsafe extern "C-unwind" fn tde_md_readv_complete(
         unsafe { std::mem::transmute::<usize, CompleteFn>(ORIGINAL.load(Ordering::Relaxed)) };
     // SAFETY: forwarding the server's arguments to md.c's own callback.
     let result = unsafe { orig(ioh, prior, cb_data) };
-    if result.status() == pg_sys::PgAioResultStatus::PGAIO_RS_ERROR as u32 || result.result <= 0 {
+    if result.status() == pg_sys::PgAioResultStatus::PGAIO_RS_ERROR || result.result <= 0 {
         return result;
     }
     let blocks = result.result as usize;
@@ -77,10 +80,11 @@ unsafe extern "C-unwind" fn tde_md_readv_complete(
 /// `ioh` is a read being completed by this process.
 unsafe fn decrypt_completed(ioh: *mut PgAioHandle, blocks: usize) {
     // SAFETY: per the contract.
-    let first_block = unsafe { (*pgaio_io_get_target_data(ioh)).smgr.blockNum };
+    let target = unsafe { (*pgaio_io_get_target_data(ioh)).smgr };
+    let blocks = blocks.min(target.nblocks as usize);
     let mut iov: *mut libc::iovec = std::ptr::null_mut();
-    // SAFETY: per the contract; the count says how many iovecs `iov` holds.
-    let count = unsafe { pgaio_io_get_iovec(ioh, &raw mut iov) };
+    // SAFETY: per the contract; the count is this read's own iovecs.
+    let count = unsafe { pgaio_io_get_iovec_length(ioh, &raw mut iov) };
     let keys = keys::current();
     let checksums = checksums_enabled();
     let mut done = 0usize;
@@ -95,7 +99,7 @@ unsafe fn decrypt_completed(ioh: *mut PgAioHandle, blocks: usize) {
             let page = unsafe { &mut *(v.iov_base.cast::<u8>().add(k * PAGE_SIZE) as *mut Page) };
             let _ = keys
                 .page
-                .decrypt(page, first_block + done as u32, checksums);
+                .decrypt(page, target.blockNum + done as u32, checksums);
             done += 1;
         }
     }

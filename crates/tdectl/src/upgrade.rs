@@ -40,29 +40,35 @@ pub fn prepare_upgrade(o: &Options) -> Result<(), String> {
     let dir = new_pgdata.join("pg_tde");
     let target = dir.join("keyring.json");
     if target.exists() {
+        // A rerun (the old cluster may have changed keys since) rewrites a
+        // keyring this command wrote; a keyring of the new cluster's own is
+        // refused.
         let existing = std::fs::read(&target)
             .ok()
             .and_then(|b| KeyringFile::parse(&b).ok());
-        let same = existing.as_ref().is_some_and(|e| {
-            e.cluster_salt == file.cluster_salt && e.system_identifier == new_sysid.to_string()
-        });
-        if same {
-            println!("\"{}\" already holds this keyring", target.display());
-            return Ok(());
+        if existing.is_none_or(|e| e.cluster_salt != file.cluster_salt) {
+            return Err(format!(
+                "the new cluster already has a keyring of its own (\"{}\"): it was started with tde before; initdb it again and run this before its first start",
+                target.display()
+            ));
         }
-        return Err(format!(
-            "the new cluster already has a keyring of its own (\"{}\"): it was started with tde before; initdb it again and run this before its first start",
-            target.display()
-        ));
     }
+    // The new cluster starts a new WAL history that reaches LSNs the old
+    // cluster used; a fresh data key generation keeps page IVs of the two
+    // apart (should the old cluster ever run again after --copy).
     let moved = file
         .rebound_to(&ring, new_sysid)
-        .map_err(|e| e.to_string())?;
+        .and_then(|f| f.with_data_key_added(&ring))
+        .map_err(|e| e.to_string())?
+        .0;
     // Owned like the new data directory, which the server's OS user owns.
     let owner = std::fs::metadata(new_pgdata).map_err(|e| e.to_string())?;
     let create = || -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&dir)?;
         std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid()))?;
         write_atomic(&target, moved.to_json().as_bytes())?;
         std::os::unix::fs::chown(&target, Some(owner.uid()), Some(owner.gid()))
