@@ -7,8 +7,12 @@
 //! decrypts the pages that were read before the buffer manager looks at them.
 //!
 //! Completion callbacks run inside a critical section and must not raise
-//! errors: a page that does not decrypt is left as stored, and the buffer
-//! manager's verification then reports it as an invalid page.
+//! errors. A page under a data key generation (or format) this server does
+//! not hold ends the read the way md.c ends a failed one: the pages before
+//! it count as read (the buffer manager retries from there), and a read
+//! that starts at it fails with ENOKEY ("Required key not available"), an
+//! I/O error that `zero_damaged_pages` does not paper over. A damaged page
+//! is left as stored for the buffer manager's own verification.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -19,6 +23,9 @@ use super::checksums_enabled;
 use crate::keys;
 
 type CompleteFn = unsafe extern "C-unwind" fn(*mut PgAioHandle, PgAioResult, u8) -> PgAioResult;
+
+/// `PGAIO_HCB_MD_READV` of storage/aio.h: failures reported as md.c's own.
+const MD_READV_CALLBACK_ID: u32 = 1;
 
 /// The head of `struct PgAioHandleCallbacks` (storage/aio.h), which pgrx's
 /// bindings leave opaque: `stage`, then `complete_shared`.
@@ -65,20 +72,36 @@ unsafe extern "C-unwind" fn tde_md_readv_complete(
     }
     let blocks = result.result as usize;
     // Never unwind into the server's critical section.
-    let _ = std::panic::catch_unwind(|| {
+    let readable = std::panic::catch_unwind(|| {
         // SAFETY: the handle is the completing I/O; its target data and
         // iovecs describe the buffers it read, which nobody else may touch
         // until the completion callbacks are done.
         unsafe { decrypt_completed(ioh, blocks) }
-    });
+    })
+    .unwrap_or(blocks);
+    if readable == blocks {
+        return result;
+    }
+    let mut result = result;
+    result.set_id(MD_READV_CALLBACK_ID);
+    if readable == 0 {
+        result.set_status(pg_sys::PgAioResultStatus::PGAIO_RS_ERROR);
+        result.set_error_data(libc::ENOKEY as u32);
+        result.result = 0;
+    } else {
+        result.set_status(pg_sys::PgAioResultStatus::PGAIO_RS_PARTIAL);
+        result.result = readable as i32;
+    }
     result
 }
 
-/// Decrypts the first `blocks` pages of a completed read, in place.
+/// Decrypts the first `blocks` pages of a completed read, in place; returns
+/// how many leading pages are readable (all of them, or up to the first
+/// one under a key this server does not hold).
 ///
 /// # Safety
 /// `ioh` is a read being completed by this process.
-unsafe fn decrypt_completed(ioh: *mut PgAioHandle, blocks: usize) {
+unsafe fn decrypt_completed(ioh: *mut PgAioHandle, blocks: usize) -> usize {
     // SAFETY: per the contract.
     let target = unsafe { (*pgaio_io_get_target_data(ioh)).smgr };
     let blocks = blocks.min(target.nblocks as usize);
@@ -93,14 +116,19 @@ unsafe fn decrypt_completed(ioh: *mut PgAioHandle, blocks: usize) {
         let v = unsafe { *iov.add(i) };
         for k in 0..v.iov_len / PAGE_SIZE {
             if done == blocks {
-                return;
+                return done;
             }
             // SAFETY: each iovec covers whole pages of the read's buffers.
             let page = unsafe { &mut *(v.iov_base.cast::<u8>().add(k * PAGE_SIZE) as *mut Page) };
-            let _ = keys
+            if keys
                 .page
-                .decrypt(page, target.blockNum + done as u32, checksums);
+                .decrypt(page, target.blockNum + done as u32, checksums)
+                .is_err()
+            {
+                return done;
+            }
             done += 1;
         }
     }
+    done
 }
