@@ -185,6 +185,20 @@ fn encrypt_relation_rewrites_only_that_relation() {
     c.stop();
 }
 
+/// Waits until block 0 of `file` is stored encrypted (bit 15 of pd_flags):
+/// a running re-encryption has reached it.
+fn wait_until_first_page_encrypted(file: &std::path::Path) {
+    let started = Instant::now();
+    while pg_test::wal::read_at(file, 0, 8192)[11] & 0x80 == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "tde_encrypt_all did not reach {}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// A relation dropped while `tde_encrypt_all()` is rewriting it is skipped:
 /// its file is truncated under the run, which then finds nothing left.
 #[test]
@@ -209,14 +223,7 @@ fn encrypt_all_skips_a_relation_dropped_under_it() {
         run.close();
         out
     });
-    let started = Instant::now();
-    while pg_test::wal::read_at(&doomed, 0, 8192)[11] & 0x80 == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "tde_encrypt_all did not reach table doomed"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_until_first_page_encrypted(&doomed);
     c.psql(
         "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
           WHERE query LIKE 'SELECT tde_encrypt_all()%' AND pid <> pg_backend_pid()",
@@ -243,14 +250,7 @@ fn encrypt_all_skips_a_relation_dropped_under_it() {
     });
     // `doomed` takes the run seconds: drop it once its first page is
     // stored encrypted.
-    let started = Instant::now();
-    while pg_test::wal::read_at(&doomed, 0, 8192)[11] & 0x80 == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "tde_encrypt_all did not reach table doomed"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_until_first_page_encrypted(&doomed);
     c.psql("DROP TABLE doomed");
     let (result, notices) = worker.join().unwrap();
     let rewritten: i64 = match &result {

@@ -99,7 +99,8 @@ fn fill(c: &Cluster, m: &str) {
     ));
 }
 
-fn pg_upgrade(old: &Cluster, new: &Cluster, mode: &str) {
+/// `pg_upgrade` from `old` into `new` (both stopped), as the server's user.
+fn pg_upgrade_command(old: &Cluster, new: &Cluster, mode: &str) -> Command {
     let mut cmd = os::command(new.bin().join("pg_upgrade"), new.root());
     cmd.arg("-b")
         .arg(old.bin())
@@ -113,7 +114,15 @@ fn pg_upgrade(old: &Cluster, new: &Cluster, mode: &str) {
         .arg("-s")
         .arg(new.socket_dir())
         .args(["-U", "postgres", mode]);
-    let out = os::run(&mut cmd, None, Duration::from_secs(600));
+    cmd
+}
+
+fn pg_upgrade(old: &Cluster, new: &Cluster, mode: &str) {
+    let out = os::run(
+        &mut pg_upgrade_command(old, new, mode),
+        None,
+        Duration::from_secs(600),
+    );
     assert!(out.success(), "pg_upgrade {mode} failed:\n{}", out.text());
 }
 
@@ -236,20 +245,7 @@ fn plaintext_cluster_upgrades_into_an_encrypted_one_with_link() {
     // Started by pg_upgrade, the new cluster refuses to create a keyring
     // (pg_upgrade could be about to bring encrypted files); one ordinary
     // start with tde creates it.
-    let mut check = os::command(new.bin().join("pg_upgrade"), new.root());
-    check
-        .arg("-b")
-        .arg(old.bin())
-        .arg("-B")
-        .arg(new.bin())
-        .arg("-d")
-        .arg(old.data_dir())
-        .arg("-D")
-        .arg(new.data_dir())
-        .args(["-p", &old.port().to_string(), "-P", &new.port().to_string()])
-        .arg("-s")
-        .arg(new.socket_dir())
-        .args(["-U", "postgres", "--link"]);
+    let mut check = pg_upgrade_command(&old, &new, "--link");
     let refused = os::run(&mut check, None, Duration::from_secs(300));
     assert!(!refused.success(), "pg_upgrade ran without a keyring");
     assert!(

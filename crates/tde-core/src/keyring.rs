@@ -155,15 +155,7 @@ impl Keyring {
         cluster_salt: [u8; 32],
         data_keys: impl IntoIterator<Item = (u8, Key256)>,
     ) -> Keyring {
-        let data_keys: BTreeMap<u8, Key256> = data_keys.into_iter().collect();
-        assert!(
-            !data_keys.is_empty(),
-            "a keyring needs at least one data key"
-        );
-        assert!(
-            !data_keys.contains_key(&0),
-            "data key generation 0 is reserved for \"not encrypted\""
-        );
+        let data_keys = checked_data_keys(data_keys);
         Keyring {
             system_identifier,
             cluster_salt,
@@ -187,15 +179,7 @@ impl Keyring {
     ///
     /// Under the conditions of [`Keyring::from_parts`].
     pub fn with_data_keys(&self, data_keys: impl IntoIterator<Item = (u8, Key256)>) -> Keyring {
-        let data_keys: BTreeMap<u8, Key256> = data_keys.into_iter().collect();
-        assert!(
-            !data_keys.is_empty(),
-            "a keyring needs at least one data key"
-        );
-        assert!(
-            !data_keys.contains_key(&0),
-            "data key generation 0 is reserved for \"not encrypted\""
-        );
+        let data_keys = checked_data_keys(data_keys);
         let highest = *data_keys.keys().next_back().expect("not empty");
         // No randomness here: servers call this inside critical sections.
         Keyring {
@@ -305,6 +289,21 @@ impl Keyring {
             .collect();
         Ok((keys, hex::encode(tag)))
     }
+}
+
+/// The data keys of a keyring: at least one, none under generation 0 (which
+/// means "not encrypted" in the page mark and WAL salt).
+fn checked_data_keys(data_keys: impl IntoIterator<Item = (u8, Key256)>) -> BTreeMap<u8, Key256> {
+    let data_keys: BTreeMap<u8, Key256> = data_keys.into_iter().collect();
+    assert!(
+        !data_keys.is_empty(),
+        "a keyring needs at least one data key"
+    );
+    assert!(
+        !data_keys.contains_key(&0),
+        "data key generation 0 is reserved for \"not encrypted\""
+    );
+    data_keys
 }
 
 fn ctr(key: &Key256, iv: &[u8; 16]) -> Aes256Ctr {
