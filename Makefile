@@ -70,13 +70,20 @@ test-pg:
 # (see scripts/build-pg.sh); it needs tde too.
 UPGRADE_SOURCE_17 := 15
 UPGRADE_SOURCE_18 := 17
+# The versions the previous release (0.1.0) ran on: its clusters must keep
+# working (scripts/build-previous.sh builds it from its release commit).
+PREVIOUS_RELEASE_PG := 15
 
 test-cluster: install
 	$(CARGO) build --release -p tdectl
 	for v in $(UPGRADE_SOURCE_$(PG_MAJOR)); do \
 		PG_CONFIG=/opt/tde-pg/$$v/bin/pg_config scripts/install-ext.sh; \
 	done
+	previous=""; \
+	case " $(PREVIOUS_RELEASE_PG) " in *" $(PG_MAJOR) "*) \
+		previous="$$(scripts/build-previous.sh $(PG_MAJOR))";; esac; \
 	TDECTL=$(CURDIR)/target/release/tdectl \
+		TDE_PREVIOUS_RELEASE_LIB="$$previous" \
 		TDE_PG_BIN="$$(PG_MAJOR=$(PG_MAJOR) scripts/pg-config.sh --bindir)" \
 		$(CARGO) test -p pg_test -- --test-threads=1
 

@@ -23,6 +23,7 @@ fn sqlstate(e: &Error) -> PgSqlErrorCode {
         Error::KeyringMissing { .. } => ERRCODE_UNDEFINED_FILE,
         Error::KeyringCorrupt(_)
         | Error::KeyringVersion { .. }
+        | Error::KeyringFormat1
         | Error::KeyringTampered { .. }
         | Error::KeyringBodyMismatch
         | Error::ForeignKeyring { .. }

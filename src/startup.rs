@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 use pgrx::prelude::*;
 use tde_core::keyring::{open_for_cluster, write_atomic, Keyring, KeyringFile};
+use tde_core::keyring_v1;
 use tde_core::provider::{KeyCommand, KeyFile, KeyProvider};
 use tde_core::{control, scan, Error};
 
-use crate::{errors, guc};
+use crate::{errors, guc, keyring_io};
 
 pub struct Loaded {
     pub keyring: Keyring,
@@ -49,6 +50,7 @@ pub fn load_keys() -> Loaded {
     let dir = pgdata.join(KEYRING_DIR);
     let path = dir.join(KEYRING_FILE);
     let keyring = match std::fs::read(&path) {
+        Ok(bytes) if keyring_v1::is_format_1(&bytes) => migrate_format_1(&path, &principal, sysid),
         Ok(bytes) => KeyringFile::parse(&bytes)
             .and_then(|file| open_for_cluster(&file, &principal, sysid))
             .unwrap_or_else(|e| {
@@ -66,6 +68,61 @@ pub fn load_keys() -> Loaded {
         ),
     };
     Loaded { keyring }
+}
+
+/// Rewrites a keyring written by tde 0.1.0 (format 1) in the current
+/// format, under the keyring lock so `tdectl` cannot interleave. Only the
+/// principal key the server starts with can be carried over.
+fn migrate_format_1(
+    path: &std::path::Path,
+    principal: &tde_core::principal::PrincipalKey,
+    sysid: u64,
+) -> Keyring {
+    let lock = keyring_io::lock();
+    let bytes = std::fs::read(path).unwrap_or_else(|source| {
+        errors::raise(
+            "cannot open keyring",
+            &Error::KeyringUnreadable {
+                path: path.to_path_buf(),
+                source,
+            },
+        )
+    });
+    let context = format!(
+        "cannot migrate keyring \"{}\" from format 1",
+        path.display()
+    );
+    if !keyring_v1::is_format_1(&bytes) {
+        // Migrated by someone else while this server waited for the lock.
+        return KeyringFile::parse(&bytes)
+            .and_then(|file| open_for_cluster(&file, principal, sysid))
+            .unwrap_or_else(|e| errors::raise(&context, &e));
+    }
+    let migration = keyring_v1::migrate(&bytes, principal, Some(sysid))
+        .unwrap_or_else(|e| errors::raise(&context, &e));
+    keyring_io::write(&lock, &migration.file);
+    log!(
+        "tde: rewrote keyring \"{}\" from format 1 (tde 0.1.0) in format 2, data key generations {}",
+        path.display(),
+        migration
+            .ring
+            .generations()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !migration.not_carried.is_empty() {
+        ereport!(
+            PgLogLevel::WARNING,
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "tde: principal keys {} opened the format 1 keyring and do not open the rewritten one",
+                migration.not_carried.join(", ")
+            ),
+            "Only the key the server started with can be carried over. Add the others again with \"tdectl keyring add-key\"."
+        );
+    }
+    migration.ring
 }
 
 /// A keyring is only ever created for a data directory that holds no

@@ -23,6 +23,7 @@ pub mod scan;
 pub mod tde;
 pub mod testdir;
 pub mod wal;
+pub mod workload;
 
 pub use cluster::{Cluster, ClusterOptions, KeySource};
 pub use os::Output;

@@ -20,6 +20,21 @@ pub fn pg_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
+/// The major version of the server in [`pg_bin`].
+pub fn server_major() -> u32 {
+    let out = Command::new(pg_bin().join("postgres"))
+        .arg("--version")
+        .output()
+        .expect("postgres --version");
+    // "postgres (PostgreSQL) 17.11"
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected postgres --version output {text:?}"))
+}
+
 /// The stock build of PostgreSQL major version `major` under /opt/tde-pg
 /// (scripts/build-pg.sh), if installed; `TDE_PG_BIN_<major>` overrides.
 pub fn stock_pg_bin(major: u32) -> Option<PathBuf> {

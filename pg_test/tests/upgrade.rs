@@ -15,22 +15,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use pg_test::wal::tdectl;
+use pg_test::workload::{amcheck, contents, fill, tdectl_verify};
 use pg_test::{marker, os, random_key_hex, scan, tde, Cluster, ClusterOptions, TestDir};
 
 /// The version under test and the one to upgrade from.
 fn versions() -> Option<(u32, std::path::PathBuf)> {
-    let out = Command::new(os::pg_bin().join("postgres"))
-        .arg("--version")
-        .output()
-        .expect("postgres --version");
-    // "postgres (PostgreSQL) 17.11"
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let under_test: u32 = text
-        .split_whitespace()
-        .nth(2)
-        .and_then(|v| v.split('.').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected postgres --version output {text:?}"));
+    let under_test = os::server_major();
     let old = match under_test {
         17 => 15,
         18 => 17,
@@ -47,56 +37,6 @@ fn versions() -> Option<(u32, std::path::PathBuf)> {
         )
     });
     Some((old, bin))
-}
-
-/// A digest of every user table's rows and every sequence's state.
-fn contents(c: &Cluster) -> BTreeMap<String, String> {
-    let tables = c.psql(
-        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
-          WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
-    );
-    let mut out = BTreeMap::new();
-    for t in tables.lines() {
-        out.insert(
-            t.to_string(),
-            c.psql(&format!(
-                "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {t} x"
-            )),
-        );
-    }
-    let seqs =
-        c.psql("SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1");
-    for s in seqs.lines() {
-        out.insert(
-            s.to_string(),
-            c.psql(&format!("SELECT last_value || ':' || is_called FROM {s}")),
-        );
-    }
-    assert!(out.len() >= 6, "too little to compare: {out:?}");
-    out
-}
-
-/// Tables of every storage kind the upgrade carries: pgbench's tables, heap
-/// with TOAST and btree and GIN indexes, sequences, a materialized view.
-fn fill(c: &Cluster, m: &str) {
-    let init = c.run_client(
-        "pgbench",
-        &["-i", "-q", "-s", "2"],
-        Duration::from_secs(300),
-    );
-    assert!(init.success(), "{}", init.text());
-    c.psql(&format!(
-        "CREATE TABLE docs(id bigserial PRIMARY KEY, body text, tags text[]);
-         ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
-         INSERT INTO docs(body, tags)
-           SELECT '{m}-' || g || repeat(md5(g::text), CASE WHEN g % 50 = 0 THEN 200 ELSE 1 END),
-                  ARRAY['t' || g % 7]
-           FROM generate_series(1, 5000) g;
-         CREATE INDEX docs_tags ON docs USING gin(tags);
-         CREATE MATERIALIZED VIEW docs_mv AS SELECT id, left(body, 40) AS head FROM docs WHERE id % 3 = 0;
-         CREATE SEQUENCE lone_seq; SELECT setval('lone_seq', 4242);
-         CHECKPOINT;"
-    ));
 }
 
 /// `pg_upgrade` from `old` into `new` (both stopped), as the server's user.
@@ -124,21 +64,6 @@ fn pg_upgrade(old: &Cluster, new: &Cluster, mode: &str) {
         Duration::from_secs(600),
     );
     assert!(out.success(), "pg_upgrade {mode} failed:\n{}", out.text());
-}
-
-fn amcheck(c: &Cluster) {
-    let check = c.run_client(
-        "pg_amcheck",
-        &["--all", "--install-missing", "--heapallindexed"],
-        Duration::from_secs(300),
-    );
-    assert!(check.success(), "pg_amcheck: {}", check.text());
-}
-
-fn tdectl_verify(c: &Cluster) -> os::Output {
-    let mut cmd = Command::new(tdectl());
-    cmd.arg("verify").arg(c.data_dir()).arg("--data-checksums");
-    os::run(&mut cmd, None, Duration::from_secs(300))
 }
 
 /// After the upgrade: identical contents, amcheck clean, new writes

@@ -43,6 +43,8 @@ pub enum Error {
         "keyring format version {found} is not supported (this build reads version {supported})"
     )]
     KeyringVersion { found: u64, supported: u64 },
+    #[error("the keyring is in format 1 (tde 0.1.0): the server rewrites it in the current format when it starts, or run \"tdectl keyring migrate\"")]
+    KeyringFormat1,
     #[error("wrong principal key: the keyring expects fingerprint {expected}, the configured key has fingerprint {actual}")]
     WrongPrincipalKey { expected: String, actual: String },
     #[error("keyring authentication failed for principal key {fingerprint}: the keyring has been tampered with or is corrupt")]

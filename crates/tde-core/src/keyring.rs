@@ -371,7 +371,7 @@ fn corrupt(msg: impl Into<String>) -> Error {
     Error::KeyringCorrupt(msg.into())
 }
 
-fn hex_array<const N: usize>(field: &str, text: &str) -> Result<[u8; N]> {
+pub(crate) fn hex_array<const N: usize>(field: &str, text: &str) -> Result<[u8; N]> {
     let mut out = [0u8; N];
     if text.len() != 2 * N {
         return Err(corrupt(format!(
@@ -404,6 +404,7 @@ impl KeyringFile {
         }
         match probe.get("version").and_then(|v| v.as_u64()) {
             Some(FORMAT_VERSION) => {}
+            Some(crate::keyring_v1::VERSION) => return Err(Error::KeyringFormat1),
             Some(found) => {
                 return Err(Error::KeyringVersion {
                     found,

@@ -12,6 +12,7 @@ pub mod control;
 pub mod error;
 pub mod kdf;
 pub mod keyring;
+pub mod keyring_v1;
 pub mod nonce;
 pub mod page;
 pub mod principal;

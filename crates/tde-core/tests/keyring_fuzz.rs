@@ -350,7 +350,7 @@ fn structural_errors_are_reported_by_the_parser() {
         assert!(matches!(r, Err(Error::KeyringCorrupt(_))), "{name}: {r:?}");
     }
     // A version 1 keyring (its own layout: data keys wrapped per principal
-    // entry) is reported as an unsupported version, not as corrupt.
+    // entry) is reported as format 1, to be migrated, not as corrupt.
     let v1 = serde_json::json!({
         "format": "tde-keyring",
         "version": 1,
@@ -369,16 +369,7 @@ fn structural_errors_are_reported_by_the_parser() {
         v
     }] {
         let r = KeyringFile::parse(doc.to_string().as_bytes());
-        assert!(
-            matches!(
-                r,
-                Err(Error::KeyringVersion {
-                    found: 1,
-                    supported: 2
-                })
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(Error::KeyringFormat1)), "{r:?}");
     }
     let mut v = base.clone();
     v["version"] = 3.into();

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! tdectl key generate FILE
-//! tdectl keyring show|rewrap|add-key|remove-key ...
+//! tdectl keyring show|rewrap|add-key|remove-key|migrate ...
 //! tdectl verify PGDATA [--data-checksums] [--json]
 //! tdectl wal decrypt  (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
 //! tdectl wal encrypt  (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tde_core::keyring::{write_atomic, Keyring, KeyringFile};
+use tde_core::keyring_v1;
 use tde_core::principal::PrincipalKey;
 use tde_core::provider::{KeyCommand, KeyFile, KeyProvider};
 use tde_core::wal::{SegmentSalt, WalCipher, WAL_PAGE_SIZE};
@@ -35,6 +36,7 @@ const USAGE: &str = "usage:
   tdectl keyring rewrap     (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) (--new-key-file F | --new-key-command CMD)
   tdectl keyring add-key    (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) (--new-key-file F | --new-key-command CMD)
   tdectl keyring remove-key (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) --fingerprint FP
+  tdectl keyring migrate    (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD)
   tdectl verify PGDATA [--data-checksums] [--json]
   tdectl wal decrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
   tdectl wal encrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
@@ -256,6 +258,9 @@ fn keyring_command(args: &[&str]) -> Result<(), String> {
         "show" => None,
         _ => Some(lock_keyring(&o.keyring)?),
     };
+    if *command == "migrate" {
+        return migrate_keyring(&o);
+    }
     let (file, ring, current) = open_keyring(&o)?;
     let new_key = || -> Result<PrincipalKey, String> {
         o.new_provider
@@ -299,6 +304,39 @@ fn keyring_command(args: &[&str]) -> Result<(), String> {
         o.keyring.display(),
         updated.fingerprints().join(", ")
     );
+    Ok(())
+}
+
+/// Rewrites a tde 0.1.0 keyring (format 1) in the current format, as the
+/// server does when it starts; only the key given opens the result.
+fn migrate_keyring(o: &Options) -> Result<(), String> {
+    let bytes = std::fs::read(&o.keyring)
+        .map_err(|e| format!("cannot read keyring \"{}\": {e}", o.keyring.display()))?;
+    if !keyring_v1::is_format_1(&bytes) {
+        KeyringFile::parse(&bytes).map_err(|e| e.to_string())?;
+        println!(
+            "keyring \"{}\" is already in the current format",
+            o.keyring.display()
+        );
+        return Ok(());
+    }
+    let principal = o.provider.fetch().map_err(|e| e.to_string())?;
+    let m = keyring_v1::migrate(&bytes, &principal, None).map_err(|e| e.to_string())?;
+    write_atomic(&o.keyring, m.file.to_json().as_bytes())
+        .map_err(|e| format!("cannot write keyring \"{}\": {e}", o.keyring.display()))?;
+    let generations: Vec<String> = m.ring.generations().map(|g| g.to_string()).collect();
+    println!(
+        "keyring \"{}\" rewritten in format 2 (data key generations {}); it opens with: {}",
+        o.keyring.display(),
+        generations.join(", "),
+        principal.fingerprint()
+    );
+    if !m.not_carried.is_empty() {
+        eprintln!(
+            "tdectl: warning: principal keys {} opened the old keyring and do not open the new one; add them again with \"tdectl keyring add-key\"",
+            m.not_carried.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Build the previous release of tde (0.1.0) from this repository's history,
+# once, for the tests that start a cluster under it and then under this
+# version (keyring migration, ALTER EXTENSION UPDATE on a real 0.1.0
+# cluster). Prints the directory holding its tde.so (which the tests put
+# first in dynamic_library_path) and its tdectl.
+#
+#   scripts/build-previous.sh 15
+#
+# 0.1.0 supports PostgreSQL 15 only. The source is the commit that release
+# was built from; cargo's build tree is cached (default ~/.cache/tde), the
+# library is installed under /opt/tde-pg/tde-0.1.0/pg<MAJOR> (servers run as
+# the postgres OS user, which cannot enter a private home directory), with a
+# stamp naming the commit and the server it was built against.
+#
+# Environment:
+#   TDE_CACHE       cache for the source and build tree  (default ~/.cache/tde)
+#   TDE_PG_PREFIX   parent of the installation            (default /opt/tde-pg)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+RELEASE=0.1.0
+COMMIT=d4e3b1d99540ba937d53a155ae350b85c2820e25
+MAJOR="${1:-}"
+[ "$MAJOR" = 15 ] || die "usage: $0 15 (tde $RELEASE supports PostgreSQL 15 only)"
+pg_config="$(pg_config_for "$MAJOR")"
+[ -x "$pg_config" ] || die "pg_config not found at $pg_config (run make setup)"
+
+CACHE="${TDE_CACHE:-$HOME/.cache/tde}/releases"
+DEST="${TDE_PG_PREFIX:-/opt/tde-pg}/tde-$RELEASE/pg$MAJOR"
+STAMP="$DEST/.built-$COMMIT-$("$pg_config" --version | tr -c 'A-Za-z0-9.\n' '_')"
+if [ -f "$STAMP" ] && [ -f "$DEST/tde.so" ] && [ -x "$DEST/tdectl" ]; then
+    echo "$DEST"
+    exit 0
+fi
+
+cd "$REPO_ROOT"
+if ! git cat-file -e "$COMMIT^{commit}" 2>/dev/null; then
+    # A shallow clone lacks the release's commit; fetch the history.
+    if [ "$(git rev-parse --is-shallow-repository 2>/dev/null)" = true ]; then
+        git fetch --quiet --unshallow >&2 || true
+    fi
+    git cat-file -e "$COMMIT^{commit}" 2>/dev/null ||
+        die "commit $COMMIT (tde $RELEASE) is not in this repository's history; clone the full history"
+fi
+
+src="$CACHE/src-$RELEASE"
+out="$CACHE/out-$RELEASE-pg$MAJOR"
+log "building tde $RELEASE (commit ${COMMIT:0:12}) for PostgreSQL $MAJOR"
+rm -rf "$src" "$out"
+mkdir -p "$src"
+git archive "$COMMIT" | tar -x -C "$src"
+(
+    cd "$src"
+    CARGO_TARGET_DIR="$CACHE/target" cargo pgrx package --pg-config "$pg_config" --out-dir "$out" >&2
+    CARGO_TARGET_DIR="$CACHE/target" cargo build --release --locked -p tdectl >&2
+)
+so="$out$("$pg_config" --pkglibdir)/tde.so"
+[ -f "$so" ] || die "the $RELEASE build produced no $so"
+
+as_root install -d -m 0755 "$DEST"
+as_root rm -f "$DEST"/.built-*
+as_root install -m 0644 "$so" "$DEST/tde.so.tmp.$$"
+as_root mv -f "$DEST/tde.so.tmp.$$" "$DEST/tde.so"
+as_root install -m 0755 "$CACHE/target/release/tdectl" "$DEST/tdectl"
+as_root touch "$STAMP"
+rm -rf "$src"
+echo "$DEST"
