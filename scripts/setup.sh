@@ -10,7 +10,7 @@ APT_PACKAGES=(
     postgresql-15 postgresql-server-dev-15 postgresql-contrib
     libclang-dev clang pkg-config build-essential
     libssl-dev openssl bison flex libreadline-dev zlib1g-dev
-    dpkg-dev perl sudo ca-certificates git curl bzip2 xz-utils
+    dpkg-dev perl sudo ca-certificates git curl bzip2 xz-utils liburing-dev
 )
 
 # --- Debian packages --------------------------------------------------------

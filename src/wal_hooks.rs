@@ -156,12 +156,12 @@ fn copies_files_as_stored(flags: c_int) -> bool {
     }
 }
 
-fn with_cipher<R>(f: impl FnOnce(&mut WalCipher) -> R) -> Result<R, ()> {
+fn with_cipher<R>(f: impl FnOnce(&mut WalCipher) -> R) -> Result<R, tde_core::Error> {
     let keys = keys::current();
     CIPHER.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().is_none_or(|(epoch, _)| *epoch != keys.epoch) {
-            let cipher = WalCipher::new(&keys.ring, segment_size() as u32).map_err(|_| ())?;
+            let cipher = WalCipher::new(&keys.ring, segment_size() as u32)?;
             *c = Some((keys.epoch, cipher));
         }
         Ok(f(&mut c.as_mut().expect("just filled").1))
@@ -182,20 +182,81 @@ fn segno(kind: Kind) -> Option<u64> {
 /// Decrypts the pages of `buf`, read at `offset` (page-aligned, whole pages)
 /// of a tracked file. In a segment file, pages left over from the file's
 /// previous life under another address are left alone.
-fn decrypt_read(kind: Kind, buf: &mut [u8], offset: u64) -> Result<(), ()> {
+fn decrypt_read(kind: Kind, buf: &mut [u8], offset: u64) -> Result<(), tde_core::Error> {
     with_cipher(|c| match segno(kind) {
-        Some(segno) => c
-            .decrypt_range(buf, segno, offset)
-            .map(|_| ())
-            .map_err(|_| ()),
+        Some(segno) => c.decrypt_range(buf, segno, offset).map(|_| ()),
         None => {
             for page in buf.chunks_exact_mut(PAGE) {
                 let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
-                c.decrypt_page(page).map_err(|_| ())?;
+                c.decrypt_page(page)?;
             }
             Ok(())
         }
     })?
+}
+
+/// A WAL page that cannot be decrypted reaches PostgreSQL as EIO, whose
+/// message never names the key. Says why, once per distinct reason and
+/// process. Crash recovery and archive recovery (not a standby, which waits
+/// and retries until the keyring is imported) would take the failed read
+/// for the end of WAL and silently stop replaying there: a missing data key
+/// generation stops the server instead.
+fn report_unreadable(e: &tde_core::Error) {
+    thread_local! {
+        static LAST: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    // SAFETY: plain reads of process globals.
+    let (in_critical_section, startup, standby) = unsafe {
+        (
+            pg_sys::CritSectionCount > 0,
+            pg_sys::MyBackendType == pg_sys::BackendType::B_STARTUP,
+            pg_sys::StandbyMode,
+        )
+    };
+    if in_critical_section {
+        return;
+    }
+    let message = format!("tde: cannot decrypt WAL: {e}");
+    if startup && !standby && matches!(e, tde_core::Error::UnknownWalGeneration { .. }) {
+        log_direct(
+            pg_sys::FATAL as c_int,
+            &message,
+            "Recovery cannot go past this page. Put a keyring that holds this generation (the newest copy, e.g. the primary's or a backup's) into pg_tde/ and start the server again.",
+        );
+    }
+    if LAST.with(|last| std::mem::replace(&mut *last.borrow_mut(), message.clone()) != message) {
+        log_direct(pg_sys::WARNING as c_int, &message, "");
+    }
+}
+
+// elog.h's reporting protocol; pgrx keeps it out of its bindings, but
+// these wrappers cannot use pgrx's reporting, which raises by panicking.
+extern "C" {
+    fn errstart(elevel: c_int, domain: *const c_char) -> bool;
+    fn errcode(sqlerrcode: c_int) -> c_int;
+    fn errmsg_internal(fmt: *const c_char, ...) -> c_int;
+    fn errhint(fmt: *const c_char, ...) -> c_int;
+    fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
+}
+
+/// `ereport` through PostgreSQL's C interface. Below ERROR it returns;
+/// FATAL exits the process.
+fn log_direct(level: c_int, message: &str, hint: &str) {
+    let message = std::ffi::CString::new(message.replace('\0', " ")).unwrap_or_default();
+    let hint = std::ffi::CString::new(hint.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: the error-reporting protocol of elog.h (errstart, detail
+    // calls, errfinish) with NUL-terminated strings passed through "%s";
+    // levels below ERROR return, FATAL exits the process.
+    unsafe {
+        if errstart(level, std::ptr::null()) {
+            errcode(pgrx::PgSqlErrorCode::ERRCODE_DATA_CORRUPTED as c_int);
+            errmsg_internal(c"%s".as_ptr(), message.as_ptr());
+            if !hint.is_empty() {
+                errhint(c"%s".as_ptr(), hint.as_ptr());
+            }
+            errfinish(c"wal_hooks.rs".as_ptr(), line!() as c_int, std::ptr::null());
+        }
+    }
 }
 
 /// Best-effort decryption of pages about to be partly overwritten: a page
@@ -211,6 +272,7 @@ fn decrypt_for_merge(buf: &mut [u8]) -> Result<(), ()> {
             }
         }
     })
+    .map_err(|_| ())
 }
 
 /// Encrypts each page of `buf` (written at `offset`) that is a complete
@@ -236,7 +298,8 @@ fn encrypt_write(kind: Kind, buf: &mut [u8], offset: u64, salt: SegmentSalt) -> 
             c.encrypt_page(page, salt).map_err(|_| ())?;
         }
         Ok(())
-    })?
+    })
+    .map_err(|_| ())?
 }
 
 /// Reads exactly `buf.len()` bytes at `offset` unless the file ends first;
@@ -342,7 +405,8 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
             // SAFETY: `n` bytes of the caller's buffer were just filled.
             let buf = unsafe { std::slice::from_raw_parts_mut(dst, n as usize) };
             let whole = n as usize - n as usize % PAGE;
-            if decrypt_read(kind, &mut buf[..whole], offset).is_err() {
+            if let Err(e) = decrypt_read(kind, &mut buf[..whole], offset) {
+                report_unreadable(&e);
                 set_errno(libc::EIO);
                 return -1;
             }
@@ -361,7 +425,8 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
             }
         };
         let whole = got - got % PAGE;
-        if decrypt_read(kind, &mut s[..whole], start).is_err() {
+        if let Err(e) = decrypt_read(kind, &mut s[..whole], start) {
+            report_unreadable(&e);
             set_errno(libc::EIO);
             return -1;
         }

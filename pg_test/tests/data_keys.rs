@@ -424,3 +424,46 @@ fn a_page_under_a_missing_generation_is_an_error_not_zeroed() {
         "pages were zeroed"
     );
 }
+
+/// Crash recovery that meets WAL under a data key generation the keyring
+/// does not hold (an older keyring restored by mistake) must stop the
+/// server with a message naming the generation, not take the unreadable
+/// page for the end of WAL and start without the transactions after it.
+#[test]
+fn crash_recovery_refuses_wal_under_a_missing_generation() {
+    let dir = TestDir::new();
+    let c = encrypted_cluster(&dir);
+    // The checkpoint that recovery starts from, in a segment ended before
+    // the rotation, so that it stays readable under generation 1 alone
+    // (a partly filled WAL page is rewritten under the newest generation).
+    c.psql("CREATE TABLE t(id int, v text); CHECKPOINT");
+    c.psql("SELECT pg_switch_wal()");
+    let only_first = std::fs::read(c.keyring_path()).unwrap();
+    assert_eq!(c.psql("SELECT tde_rotate_data_key()"), "2");
+    c.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+    let both = std::fs::read(c.keyring_path()).unwrap();
+    c.kill9();
+
+    os::write_file(&c.keyring_path(), &only_first, 0o600);
+    let started = c.try_start();
+    let log = c.log_text();
+    assert!(
+        started.is_err() && !log.contains("redo done at"),
+        "recovery went past WAL it cannot read: {started:?}\n{}",
+        pg_test::cluster::tail(&log, 4096)
+    );
+    assert!(
+        log.contains("FATAL:  tde: cannot decrypt WAL: WAL page at")
+            && log.contains("generation 2, which the keyring does not hold"),
+        "{}",
+        pg_test::cluster::tail(&log, 4096)
+    );
+
+    os::write_file(&c.keyring_path(), &both, 0o600);
+    c.start();
+    assert_eq!(
+        c.psql("SELECT count(*) FROM t"),
+        "20000",
+        "transactions lost"
+    );
+}

@@ -180,46 +180,51 @@ pub fn attach_storage_manager() {
     });
 }
 
-/// PostgreSQL 18: md.c's completion callback for asynchronous reads, in its
-/// callback table entry `aio_md_readv_cb` (read-only relocated data), is
-/// replaced by the wrapper that decrypts what was read.
+/// PostgreSQL 18: the completion callbacks of asynchronous reads that see
+/// the pages first — md.c's shared one and the buffer manager's local one
+/// for temporary tables — are replaced, in their callback table entries
+/// (read-only relocated data), by wrappers that decrypt what was read
+/// (see `smgr_hooks::aio`).
 #[cfg(feature = "pg18")]
 fn attach_aio_reads() {
-    // With io_uring any backend may complete another's read, including the
-    // read of a temporary table into the owner's private memory, and md.c's
-    // shared completion callback would then decrypt at an address that is
-    // not the buffer in this process.
-    // SAFETY: GetConfigOption returns a pointer to GUC storage, copied at once.
-    let method = unsafe {
-        let p = pg_sys::GetConfigOption(c"io_method".as_ptr(), true, false);
-        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+    use smgr_hooks::aio;
+    // SAFETY: only the addresses of the exported callback table entries are
+    // taken.
+    let (md, local) = unsafe {
+        (
+            &raw const aio::aio_md_readv_cb.complete_shared,
+            &raw const aio::aio_local_buffer_readv_cb.complete_local,
+        )
     };
-    if method.as_deref() == Some("io_uring") {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "tde: io_method = io_uring is not supported yet",
-            "Set io_method = worker (the default) or io_method = sync in postgresql.conf."
-        );
-    }
-    // SAFETY: only the address of the exported callback table entry is
-    // taken, and its current value read.
-    let (slot, current) = unsafe {
-        let slot = &raw const smgr_hooks::aio::aio_md_readv_cb.complete_shared;
-        (slot as usize, *slot)
-    };
-    if current == 0 {
-        refuse("md.c registers no completion callback for asynchronous reads");
-    }
     let region = relro::main_program_relro().unwrap_or_else(|e| refuse(&e));
-    if slot < region.start || slot >= region.start + region.len {
-        refuse("md.c's asynchronous read callbacks are not in read-only relocated data");
-    }
-    smgr_hooks::aio::save_original(current);
-    // SAFETY: the slot is an aligned word of the RELRO segment holding a
-    // function pointer of the wrapper's signature; no other process exists.
-    if let Err(e) = unsafe { relro::patch_word(slot, smgr_hooks::aio::wrapper()) } {
-        refuse(&format!("cannot hook asynchronous reads: {e}"));
+    for (slot, hooked, what) in [
+        (
+            md,
+            &aio::MD_READV,
+            "md.c's shared completion of asynchronous reads",
+        ),
+        (
+            local,
+            &aio::LOCAL_BUFFER_READV,
+            "the buffer manager's local completion of asynchronous reads",
+        ),
+    ] {
+        // SAFETY: an aligned word of an exported, initialized constant.
+        let current = unsafe { *slot };
+        if current == 0 {
+            refuse(&format!("{what} has no callback to wrap"));
+        }
+        let slot = slot as usize;
+        if slot < region.start || slot >= region.start + region.len {
+            refuse(&format!("{what} is not in read-only relocated data"));
+        }
+        hooked.save_original(current);
+        // SAFETY: the slot is an aligned word of the RELRO segment holding a
+        // function pointer of the wrapper's signature; no other process
+        // exists yet.
+        if let Err(e) = unsafe { relro::patch_word(slot, hooked.wrapper()) } {
+            refuse(&format!("cannot hook {what}: {e}"));
+        }
     }
 }
 

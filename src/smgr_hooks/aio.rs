@@ -1,10 +1,18 @@
 //! PostgreSQL 18 reads relation pages through asynchronous I/O: the buffer
 //! manager starts a read with `smgrstartreadv`, the kernel (io_uring), an I/O
 //! worker or the backend itself (`io_method = sync`) fills the buffers, and
-//! completion callbacks run in whichever process completes the I/O — md.c's
-//! first, then the buffer manager's, which verifies each page. Our wrapper
-//! takes md.c's place in its callback table entry (`aio_md_readv_cb`) and
-//! decrypts the pages that were read before the buffer manager looks at them.
+//! completion callbacks run — md.c's first, then the buffer manager's, which
+//! verifies each page.
+//!
+//! Shared completion callbacks run in whichever process completes the I/O:
+//! with io_uring, any backend waiting for an I/O drains its owner's
+//! completion queue. Pages of shared buffers are decrypted there, by our
+//! wrapper in md.c's callback table entry (`aio_md_readv_cb`), before the
+//! buffer manager's shared callback verifies them. Pages of temporary
+//! tables sit in the owning backend's private memory, which another process
+//! cannot reach, and the buffer manager verifies them in a local callback
+//! that only the owner runs (`aio_local_buffer_readv_cb`); so they are
+//! decrypted by our wrapper of that callback, just before it.
 //!
 //! Completion callbacks run inside a critical section and must not raise
 //! errors. A page under a data key generation (or format) this server does
@@ -27,18 +35,22 @@ type CompleteFn = unsafe extern "C-unwind" fn(*mut PgAioHandle, PgAioResult, u8)
 /// `PGAIO_HCB_MD_READV` of storage/aio.h: failures reported as md.c's own.
 const MD_READV_CALLBACK_ID: u32 = 1;
 
-/// The head of `struct PgAioHandleCallbacks` (storage/aio.h), which pgrx's
-/// bindings leave opaque: `stage`, then `complete_shared`.
+/// `struct PgAioHandleCallbacks` (storage/aio.h), which pgrx's bindings
+/// leave opaque: four function pointers.
 #[repr(C)]
-pub struct CallbacksHead {
+pub struct Callbacks {
     pub stage: usize,
     pub complete_shared: usize,
+    pub complete_local: usize,
+    pub report: usize,
 }
 
-// Declared here because pgrx's bindings do not cover storage/aio.h and
-// storage/md.h; the signatures are PostgreSQL 18's.
+// Declared here because pgrx's bindings do not cover storage/aio.h,
+// storage/md.h and the callback tables of storage/bufmgr.h; the signatures
+// are PostgreSQL 18's.
 extern "C-unwind" {
-    pub static aio_md_readv_cb: CallbacksHead;
+    pub static aio_md_readv_cb: Callbacks;
+    pub static aio_local_buffer_readv_cb: Callbacks;
     fn pgaio_io_get_target_data(ioh: *mut PgAioHandle) -> *mut PgAioTargetData;
     fn pgaio_io_get_iovec_length(
         ioh: *mut PgAioHandle,
@@ -46,14 +58,40 @@ extern "C-unwind" {
     ) -> std::ffi::c_int;
 }
 
-static ORIGINAL: AtomicUsize = AtomicUsize::new(0);
-
-pub fn save_original(complete: usize) {
-    ORIGINAL.store(complete, Ordering::Relaxed);
+/// One completion callback replaced by ours: the server's original, saved
+/// in the postmaster before any I/O.
+pub struct Hooked {
+    original: AtomicUsize,
+    wrapper: CompleteFn,
 }
 
-pub fn wrapper() -> usize {
-    tde_md_readv_complete as CompleteFn as *const () as usize
+/// md.c's shared completion of reads (`md_readv_complete`).
+pub static MD_READV: Hooked = Hooked {
+    original: AtomicUsize::new(0),
+    wrapper: tde_md_readv_complete,
+};
+
+/// The buffer manager's local completion of reads into temporary tables'
+/// buffers (`local_buffer_readv_complete`).
+pub static LOCAL_BUFFER_READV: Hooked = Hooked {
+    original: AtomicUsize::new(0),
+    wrapper: tde_local_buffer_readv_complete,
+};
+
+impl Hooked {
+    pub fn save_original(&self, complete: usize) {
+        self.original.store(complete, Ordering::Relaxed);
+    }
+
+    pub fn wrapper(&self) -> usize {
+        self.wrapper as *const () as usize
+    }
+
+    fn original(&self) -> CompleteFn {
+        // SAFETY: set once in the postmaster, before any I/O, from the
+        // callback table entry it replaced, of signature CompleteFn.
+        unsafe { std::mem::transmute::<usize, CompleteFn>(self.original.load(Ordering::Relaxed)) }
+    }
 }
 
 unsafe extern "C-unwind" fn tde_md_readv_complete(
@@ -61,12 +99,37 @@ unsafe extern "C-unwind" fn tde_md_readv_complete(
     prior: PgAioResult,
     cb_data: u8,
 ) -> PgAioResult {
-    // SAFETY: set once in the postmaster from the callback entry that held
-    // md_readv_complete, of signature CompleteFn.
-    let orig =
-        unsafe { std::mem::transmute::<usize, CompleteFn>(ORIGINAL.load(Ordering::Relaxed)) };
     // SAFETY: forwarding the server's arguments to md.c's own callback.
-    let result = unsafe { orig(ioh, prior, cb_data) };
+    let result = unsafe { MD_READV.original()(ioh, prior, cb_data) };
+    // SAFETY: the handle is the I/O being completed.
+    if unsafe { (*pgaio_io_get_target_data(ioh)).smgr.is_temp() } {
+        // Left to the owner's local completion (see the module comment).
+        return result;
+    }
+    // SAFETY: the handle is a read being completed by this process.
+    unsafe { decrypted(ioh, result) }
+}
+
+unsafe extern "C-unwind" fn tde_local_buffer_readv_complete(
+    ioh: *mut PgAioHandle,
+    prior: PgAioResult,
+    cb_data: u8,
+) -> PgAioResult {
+    // SAFETY: only the backend owning the temporary table's buffers runs
+    // local completion callbacks, so the iovecs point into its memory.
+    let prior = unsafe { decrypted(ioh, prior) };
+    // SAFETY: forwarding to the buffer manager's own callback.
+    unsafe { LOCAL_BUFFER_READV.original()(ioh, prior, cb_data) }
+}
+
+/// `result` (md.c's distilled result of the read `ioh`) after decrypting
+/// the pages it says were read: unchanged, or ended at the first page under
+/// a key this server does not hold.
+///
+/// # Safety
+/// `ioh` is a read being completed by this process, into memory this
+/// process can reach.
+unsafe fn decrypted(ioh: *mut PgAioHandle, result: PgAioResult) -> PgAioResult {
     if result.status() == pg_sys::PgAioResultStatus::PGAIO_RS_ERROR || result.result <= 0 {
         return result;
     }
