@@ -36,13 +36,14 @@ if [ -f "$STAMP" ] && [ -f "$DEST/tde.so" ] && [ -x "$DEST/tdectl" ]; then
 fi
 
 cd "$REPO_ROOT"
-if ! git cat-file -e "$COMMIT^{commit}" 2>/dev/null; then
-    # A shallow clone lacks the release's commit; fetch the history.
-    if [ "$(git rev-parse --is-shallow-repository 2>/dev/null)" = true ]; then
-        git fetch --quiet --unshallow >&2 || true
-    fi
-    git cat-file -e "$COMMIT^{commit}" 2>/dev/null ||
-        die "commit $COMMIT (tde $RELEASE) is not in this repository's history; clone the full history"
+# Run as root on a checkout another user owns, git would refuse the
+# repository ("dubious ownership"); it is the one this script belongs to.
+git_() { git -c safe.directory="$REPO_ROOT" "$@"; }
+if ! git_ cat-file -e "$COMMIT^{commit}" 2>/dev/null; then
+    # A shallow or partial clone may lack the release's commit: fetch it.
+    git_ fetch --quiet --depth=1 origin "$COMMIT" >&2 || true
+    git_ cat-file -e "$COMMIT^{commit}" 2>/dev/null ||
+        die "commit $COMMIT (tde $RELEASE) is not in this repository and cannot be fetched from origin; clone the full history"
 fi
 
 src="$CACHE/src-$RELEASE"
@@ -50,7 +51,7 @@ out="$CACHE/out-$RELEASE-pg$MAJOR"
 log "building tde $RELEASE (commit ${COMMIT:0:12}) for PostgreSQL $MAJOR"
 rm -rf "$src" "$out"
 mkdir -p "$src"
-git archive "$COMMIT" | tar -x -C "$src"
+git_ archive "$COMMIT" | tar -x -C "$src"
 (
     cd "$src"
     CARGO_TARGET_DIR="$CACHE/target" cargo pgrx package --pg-config "$pg_config" --out-dir "$out" >&2
@@ -59,7 +60,7 @@ git archive "$COMMIT" | tar -x -C "$src"
 so="$out$("$pg_config" --pkglibdir)/tde.so"
 [ -f "$so" ] || die "the $RELEASE build produced no $so"
 
-as_root install -d -m 0755 "$DEST"
+as_root install -d -m 0755 "$(dirname "$DEST")" "$DEST"
 as_root rm -f "$DEST"/.built-*
 as_root install -m 0644 "$so" "$DEST/tde.so.tmp.$$"
 as_root mv -f "$DEST/tde.so.tmp.$$" "$DEST/tde.so"

@@ -71,8 +71,10 @@ pub fn load_keys() -> Loaded {
 }
 
 /// Rewrites a keyring written by tde 0.1.0 (format 1) in the current
-/// format, under the keyring lock so `tdectl` cannot interleave. Only the
-/// principal key the server starts with can be carried over.
+/// format, under the keyring lock so `tdectl` cannot interleave. Only a
+/// keyring that no other principal key opens is migrated here: the server
+/// holds only its own key, and dropping a recovery key unasked would leave
+/// the cluster with one key fewer than its administrator set up.
 fn migrate_format_1(
     path: &std::path::Path,
     principal: &tde_core::principal::PrincipalKey,
@@ -98,8 +100,22 @@ fn migrate_format_1(
             .and_then(|file| open_for_cluster(&file, principal, sysid))
             .unwrap_or_else(|e| errors::raise(&context, &e));
     }
-    let migration = keyring_v1::migrate(&bytes, principal, Some(sysid))
+    let migration = keyring_v1::migrate(&bytes, &[principal], Some(sysid))
         .unwrap_or_else(|e| errors::raise(&context, &e));
+    if !migration.not_carried.is_empty() {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "tde: {context}: it also opens with principal keys {}, which the server does not hold",
+                migration.not_carried.join(", ")
+            ),
+            format!(
+                "With the server stopped, run \"tdectl keyring migrate --pgdata {} --key-file <this key> --also-key-file <each other key>\" (or add --drop-other-keys to keep only the keys given), then start the server.",
+                data_dir().display()
+            )
+        );
+    }
     keyring_io::write(&lock, &migration.file);
     log!(
         "tde: rewrote keyring \"{}\" from format 1 (tde 0.1.0) in format 2, data key generations {}",
@@ -111,17 +127,6 @@ fn migrate_format_1(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if !migration.not_carried.is_empty() {
-        ereport!(
-            PgLogLevel::WARNING,
-            PgSqlErrorCode::ERRCODE_WARNING,
-            format!(
-                "tde: principal keys {} opened the format 1 keyring and do not open the rewritten one",
-                migration.not_carried.join(", ")
-            ),
-            "Only the key the server started with can be carried over. Add the others again with \"tdectl keyring add-key\"."
-        );
-    }
     migration.ring
 }
 

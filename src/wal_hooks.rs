@@ -196,37 +196,59 @@ fn decrypt_read(kind: Kind, buf: &mut [u8], offset: u64) -> Result<(), tde_core:
 }
 
 /// A WAL page that cannot be decrypted reaches PostgreSQL as EIO, whose
-/// message never names the key. Says why, once per distinct reason and
-/// process. Crash recovery and archive recovery (not a standby, which waits
-/// and retries until the keyring is imported) would take the failed read
-/// for the end of WAL and silently stop replaying there: a missing data key
-/// generation stops the server instead.
+/// message never names the key. Says why, once per reason and process.
+/// Crash recovery, and archive recovery towards the end of WAL, would take
+/// the failed read for the end of WAL and silently stop replaying there: a
+/// missing data key generation stops the server instead. Not on a standby
+/// (it retries until the keyring is imported), and not with a recovery
+/// target (WAL is read ahead of replay, possibly past the target; PostgreSQL
+/// itself refuses to end recovery before reaching a target).
 fn report_unreadable(e: &tde_core::Error) {
     thread_local! {
         static LAST: RefCell<String> = const { RefCell::new(String::new()) };
     }
     // SAFETY: plain reads of process globals.
-    let (in_critical_section, startup, standby) = unsafe {
+    let (in_critical_section, replaying, target) = unsafe {
         (
             pg_sys::CritSectionCount > 0,
-            pg_sys::MyBackendType == pg_sys::BackendType::B_STARTUP,
-            pg_sys::StandbyMode,
+            // The startup process, or a single-user server replaying WAL.
+            pg_sys::MyBackendType == pg_sys::BackendType::B_STARTUP
+                || (!pg_sys::IsUnderPostmaster && pg_sys::InRecovery),
+            pg_sys::ArchiveRecoveryRequested
+                && pg_sys::recoveryTarget != pg_sys::RecoveryTargetType::RECOVERY_TARGET_UNSET,
         )
     };
     if in_critical_section {
         return;
     }
     let message = format!("tde: cannot decrypt WAL: {e}");
-    if startup && !standby && matches!(e, tde_core::Error::UnknownWalGeneration { .. }) {
+    let reason = match e {
+        tde_core::Error::UnknownWalGeneration { generation, .. } => {
+            format!("generation {generation}")
+        }
+        other => other.to_string(),
+    };
+    if replaying
+        && !target
+        && matches!(e, tde_core::Error::UnknownWalGeneration { .. })
+        && !is_standby()
+    {
         log_direct(
             pg_sys::FATAL as c_int,
             &message,
             "Recovery cannot go past this page. Put a keyring that holds this generation (the newest copy, e.g. the primary's or a backup's) into pg_tde/ and start the server again.",
         );
     }
-    if LAST.with(|last| std::mem::replace(&mut *last.borrow_mut(), message.clone()) != message) {
+    if LAST.with(|last| std::mem::replace(&mut *last.borrow_mut(), reason.clone()) != reason) {
         log_direct(pg_sys::WARNING as c_int, &message, "");
     }
+}
+
+/// Whether this server was started as a standby. `StandbyMode` is still off
+/// during the crash recovery a standby may run first, so the signal file
+/// decides.
+fn is_standby() -> bool {
+    crate::startup::data_dir().join("standby.signal").exists()
 }
 
 // elog.h's reporting protocol; pgrx keeps it out of its bindings, but

@@ -2,8 +2,10 @@
 //! from its release commit by `scripts/build-previous.sh`) keeps working
 //! under this release: the server rewrites the format 1 keyring at start,
 //! replays the WAL 0.1.0 wrote after a crash, reads every page, and
-//! `ALTER EXTENSION tde UPDATE` brings the SQL objects up to date.
-//! `tdectl keyring migrate` does the same rewrite offline.
+//! `ALTER EXTENSION tde UPDATE` brings the SQL objects up to date. A
+//! keyring that another principal key (a recovery key) also opens is left
+//! to `tdectl keyring migrate`, given every key, and copies migrated with
+//! the same key import into each other.
 //!
 //! 0.1.0 ran on PostgreSQL 15 only; under other versions there is no
 //! earlier release to start from and the test says so and returns.
@@ -115,6 +117,7 @@ fn a_cluster_written_by_0_1_0_runs_on_under_this_release() {
     assert_eq!(fingerprints.len(), 2, "{ring}");
     assert_eq!(fingerprints[0], fingerprint);
     let recovery_fingerprint = fingerprints[1].clone();
+    let format_1 = std::fs::read(c.keyring_path()).unwrap();
 
     // Offline: tdectl rewrites a copy of the 0.1.0 keyring, and the copy
     // decrypts the WAL 0.1.0 wrote.
@@ -142,25 +145,36 @@ fn a_cluster_written_by_0_1_0_runs_on_under_this_release() {
         "tdectl keyring show on a 0.1.0 keyring:\n{}",
         show.text()
     );
+    // The recovery key is not dropped unasked.
     let migrate = tdectl_run(
         &["keyring", "migrate", "--keyring"],
         &[&keyring_copy, std::path::Path::new("--key-file"), &key],
     );
     assert!(
-        migrate.success()
-            && migrate.stdout.contains("rewritten in format 2")
-            && migrate.stderr.contains(&recovery_fingerprint),
-        "tdectl keyring migrate:\n{}",
+        !migrate.success()
+            && migrate.stderr.contains(&recovery_fingerprint)
+            && migrate.stderr.contains("--drop-other-keys"),
+        "tdectl keyring migrate without the recovery key:\n{}",
         migrate.text()
     );
-    let again = tdectl_run(
+    let migrate = tdectl_run(
         &["keyring", "migrate", "--keyring"],
-        &[&keyring_copy, std::path::Path::new("--key-file"), &key],
+        &[
+            &keyring_copy,
+            std::path::Path::new("--key-file"),
+            &key,
+            std::path::Path::new("--also-key-file"),
+            &recovery,
+        ],
     );
     assert!(
-        again.success() && again.stdout.contains("already in the current format"),
-        "tdectl keyring migrate, twice:\n{}",
-        again.text()
+        migrate.success()
+            && migrate.stdout.contains("rewritten in format 2")
+            && migrate.stdout.contains(&format!(
+                "opens with: {fingerprint}, {recovery_fingerprint}"
+            )),
+        "tdectl keyring migrate with both keys:\n{}",
+        migrate.text()
     );
     let late = format!("{m}-late-");
     let (mut encrypted, mut decrypted) = (Vec::new(), Vec::new());
@@ -207,10 +221,47 @@ fn a_cluster_written_by_0_1_0_runs_on_under_this_release() {
         "start with a wrong key: {refused:?}\n{}",
         pg_test::cluster::tail(&log, 4096)
     );
-    assert_eq!(keyring_json(&c)["version"], 1);
+    assert_eq!(
+        std::fs::read(c.keyring_path()).unwrap(),
+        format_1,
+        "a refused start changed the keyring"
+    );
     c.set(
         "tde.principal_key_file",
         &pg_test::cluster::quote(&key.to_string_lossy()),
+    );
+    // The server holds only its own key: it does not drop the recovery key
+    // but says how to migrate with it.
+    let refused = c.try_start();
+    let log = c.log_text();
+    assert!(
+        refused.is_err()
+            && log.contains(&format!(
+                "it also opens with principal keys {recovery_fingerprint}, which the server does not hold"
+            ))
+            && log.contains("tdectl keyring migrate"),
+        "start with a recovery key in the keyring: {refused:?}\n{}",
+        pg_test::cluster::tail(&log, 4096)
+    );
+    assert_eq!(
+        std::fs::read(c.keyring_path()).unwrap(),
+        format_1,
+        "a refused start changed the keyring"
+    );
+    // Without the recovery key (removed by 0.1.0's tdectl), the server
+    // migrates the keyring itself.
+    let mut remove = os::command(lib.join("tdectl"), dir.path());
+    remove
+        .args(["keyring", "remove-key", "--pgdata"])
+        .arg(c.data_dir())
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--fingerprint", &recovery_fingerprint]);
+    let out = os::run(&mut remove, None, Duration::from_secs(60));
+    assert!(
+        out.success(),
+        "0.1.0's tdectl keyring remove-key:\n{}",
+        out.text()
     );
     c.start();
     let log = c.log_text();
@@ -219,18 +270,11 @@ fn a_cluster_written_by_0_1_0_runs_on_under_this_release() {
         "no migration in the log:\n{}",
         pg_test::cluster::tail(&log, 4096)
     );
-    assert!(
-        log.contains(&format!(
-            "WARNING:  tde: principal keys {recovery_fingerprint} opened the format 1 keyring"
-        )),
-        "no warning about the recovery key in the log:\n{}",
-        pg_test::cluster::tail(&log, 4096)
-    );
     let ring = keyring_json(&c);
     assert_eq!(ring["version"], 2, "{ring}");
     assert_eq!(ring["principals"].as_array().map(Vec::len), Some(1));
     assert_eq!(ring["principals"][0]["fingerprint"], fingerprint.as_str());
-    // As the warning says: the recovery key is added again, online.
+    // The recovery key is added again, online.
     let readd = tdectl_run(
         &["keyring", "add-key", "--pgdata"],
         &[
@@ -252,6 +296,17 @@ fn a_cluster_written_by_0_1_0_runs_on_under_this_release() {
     assert_eq!(
         c.psql("SELECT extversion FROM pg_extension WHERE extname = 'tde'"),
         env!("CARGO_PKG_VERSION")
+    );
+    // The copy migrated by tdectl has the same keyring key (both were
+    // migrated with this principal key first): it imports, as a standby's
+    // copy would.
+    os::chown_to_server(&keyring_copy);
+    assert_eq!(
+        c.psql(&format!(
+            "SELECT tde_import_keyring('{}')",
+            keyring_copy.display()
+        )),
+        "1"
     );
     assert_eq!(c.psql("SELECT tde_rotate_data_key()"), "2");
     let m2 = marker("after-update");

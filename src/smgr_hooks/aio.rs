@@ -134,14 +134,15 @@ unsafe fn decrypted(ioh: *mut PgAioHandle, result: PgAioResult) -> PgAioResult {
         return result;
     }
     let blocks = result.result as usize;
-    // Never unwind into the server's critical section.
+    // Never unwind into the server's critical section; after a panic (a
+    // bug) no page counts as decrypted, so the read fails.
     let readable = std::panic::catch_unwind(|| {
         // SAFETY: the handle is the completing I/O; its target data and
         // iovecs describe the buffers it read, which nobody else may touch
         // until the completion callbacks are done.
         unsafe { decrypt_completed(ioh, blocks) }
     })
-    .unwrap_or(blocks);
+    .unwrap_or(0);
     if readable == blocks {
         return result;
     }

@@ -24,11 +24,11 @@
 //! ```
 //!
 //! Format 2 wraps the data keys under a keyring key that each principal
-//! entry wraps in turn. Migrating needs only the key the server starts
-//! with, so it can carry that one principal entry over and no other: the
-//! other principal keys (recovery keys) must be added again afterwards.
+//! entry wraps in turn. A principal entry is carried over only when its
+//! principal key is given to the migration; [`Migration::not_carried`]
+//! names the others, and the callers refuse to drop them unasked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aes::cipher::{KeyIvInit, StreamCipher};
 use hmac::{KeyInit, Mac};
@@ -36,7 +36,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::kdf::{wrap_keys, Key256, KEY_LEN};
+use crate::kdf::{migrated_keyring_key, wrap_keys, Key256, KEY_LEN};
 use crate::keyring::{
     hex_array, open_for_cluster, Keyring, KeyringFile, FORMAT_NAME, MAX_KEYRING_BYTES,
 };
@@ -76,11 +76,11 @@ struct Wrapped {
 
 /// A format 1 keyring rewritten in the current format.
 pub struct Migration {
-    /// The keys, opened with the principal key given (and a new, random
-    /// keyring key).
+    /// The keys, opened with the first principal key given, under the
+    /// keyring key derived from it ([`migrated_keyring_key`]).
     pub ring: Keyring,
-    /// The keyring to write in place of the old file; only the principal key
-    /// given opens it.
+    /// The keyring to write in place of the old file; the principal keys
+    /// given, and no other, open it.
     pub file: KeyringFile,
     /// Principal keys that opened the old keyring and do not open the new
     /// one.
@@ -102,11 +102,19 @@ pub fn is_format_1(bytes: &[u8]) -> bool {
             .is_some_and(|h| h.format == FORMAT_NAME && h.version == VERSION)
 }
 
-/// Opens a format 1 keyring with `principal`, checks that its MAC holds
-/// (and, given the cluster's system identifier, that it belongs to that
-/// cluster), and seals the same data keys and cluster salt in the current
-/// format.
-pub fn migrate(bytes: &[u8], principal: &PrincipalKey, cluster: Option<u64>) -> Result<Migration> {
+/// Opens a format 1 keyring with each of `principals` (the first is the
+/// one in use), checks every MAC (and, given the cluster's system
+/// identifier, that the keyring belongs to that cluster), and seals the
+/// same data keys and cluster salt in the current format for exactly those
+/// principal keys.
+pub fn migrate(
+    bytes: &[u8],
+    principals: &[&PrincipalKey],
+    cluster: Option<u64>,
+) -> Result<Migration> {
+    let first = principals
+        .first()
+        .expect("a migration needs at least one principal key");
     let file = parse(bytes)?;
     let keyring_sysid = parse_sysid(&file.system_identifier)?;
     if let Some(cluster) = cluster.filter(|c| *c != keyring_sysid) {
@@ -116,13 +124,55 @@ pub fn migrate(bytes: &[u8], principal: &PrincipalKey, cluster: Option<u64>) -> 
         });
     }
     let cluster_salt = hex_array::<32>("cluster_salt", &file.cluster_salt)?;
+    let mut data_keys: BTreeMap<u8, Key256> = BTreeMap::new();
+    for principal in principals {
+        for (generation, key) in open_entry(&file, principal, keyring_sysid, &cluster_salt)? {
+            match data_keys.get(&generation) {
+                Some(existing) if *existing != key => {
+                    return Err(corrupt(format!(
+                        "principal entries hold different data keys for generation {generation}"
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    data_keys.insert(generation, key);
+                }
+            }
+        }
+    }
+    let keyring_key = migrated_keyring_key(first.key(), &cluster_salt, keyring_sysid);
+    let ring =
+        Keyring::from_parts(keyring_sysid, cluster_salt, data_keys).with_keyring_key(keyring_key);
+    let new_file = ring.seal(principals)?;
+    // What the server will use is what it reads back, as on any start.
+    let ring = open_for_cluster(&new_file, first, keyring_sysid)?;
+    let given: Vec<String> = principals.iter().map(|p| p.fingerprint()).collect();
+    let not_carried = fingerprints(&file)
+        .into_iter()
+        .filter(|f| !given.iter().any(|g| g == f))
+        .map(str::to_string)
+        .collect();
+    Ok(Migration {
+        ring,
+        file: new_file,
+        not_carried,
+    })
+}
+
+/// The data keys of `principal`'s entry, after checking its MAC.
+fn open_entry(
+    file: &File,
+    principal: &PrincipalKey,
+    system_identifier: u64,
+    cluster_salt: &[u8; 32],
+) -> Result<Vec<(u8, Key256)>> {
     let fingerprint = principal.fingerprint();
     let entry = file
         .principals
         .iter()
         .find(|p| p.fingerprint == fingerprint)
         .ok_or_else(|| Error::WrongPrincipalKey {
-            expected: fingerprints(&file).join(" or "),
+            expected: fingerprints(file).join(" or "),
             actual: fingerprint.clone(),
         })?;
     let nonce = hex_array::<16>("nonce", &entry.nonce)?;
@@ -134,8 +184,8 @@ pub fn migrate(bytes: &[u8], principal: &PrincipalKey, cluster: Option<u64>) -> 
     let (enc, mac_key) = wrap_keys(principal.key(), &nonce);
     let expected = entry_mac(
         &mac_key,
-        keyring_sysid,
-        &cluster_salt,
+        system_identifier,
+        cluster_salt,
         &fingerprint,
         &nonce,
         &wrapped,
@@ -143,28 +193,16 @@ pub fn migrate(bytes: &[u8], principal: &PrincipalKey, cluster: Option<u64>) -> 
     if !bool::from(expected.ct_eq(&stored_mac)) {
         return Err(Error::KeyringTampered { fingerprint });
     }
-    let data_keys = wrapped.into_iter().map(|(generation, ct)| {
-        let mut buf = Zeroizing::new(ct);
-        let mut iv = [0u8; 16];
-        iv[0] = generation;
-        Aes256Ctr::new(enc.as_bytes().into(), &iv.into()).apply_keystream(&mut buf[..]);
-        (generation, Key256::from_bytes(*buf))
-    });
-    let ring = Keyring::from_parts(keyring_sysid, cluster_salt, data_keys)
-        .with_keyring_key(Key256::random()?);
-    let new_file = ring.seal(&[principal])?;
-    // What the server will use is what it reads back, as on any start.
-    let ring = open_for_cluster(&new_file, principal, keyring_sysid)?;
-    let not_carried = fingerprints(&file)
+    Ok(wrapped
         .into_iter()
-        .filter(|f| *f != fingerprint)
-        .map(str::to_string)
-        .collect();
-    Ok(Migration {
-        ring,
-        file: new_file,
-        not_carried,
-    })
+        .map(|(generation, ct)| {
+            let mut buf = Zeroizing::new(ct);
+            let mut iv = [0u8; 16];
+            iv[0] = generation;
+            Aes256Ctr::new(enc.as_bytes().into(), &iv.into()).apply_keystream(&mut buf[..]);
+            (generation, Key256::from_bytes(*buf))
+        })
+        .collect())
 }
 
 fn parse(bytes: &[u8]) -> Result<File> {

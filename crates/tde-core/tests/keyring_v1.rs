@@ -4,6 +4,8 @@
 //! 0xa3 × 32 (generation 3), sealed under principal keys 0x11 × 32 and
 //! 0x22 × 32.
 
+mod common;
+
 use tde_core::kdf::Key256;
 use tde_core::keyring::{open_for_cluster, KeyringFile};
 use tde_core::keyring_v1::{is_format_1, migrate};
@@ -40,7 +42,7 @@ fn the_fixture_is_format_1_and_the_current_parser_says_so() {
 #[test]
 fn either_principal_key_migrates_every_data_key() {
     for (mine, other) in [(pk(0x11), pk(0x22)), (pk(0x22), pk(0x11))] {
-        let m = migrate(FIXTURE.as_bytes(), &mine, Some(SYSID)).unwrap();
+        let m = migrate(FIXTURE.as_bytes(), &[&mine], Some(SYSID)).unwrap();
         assert_eq!(m.ring.generations().collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(m.ring.data_key(1), Some(&Key256::from_bytes([0xa1; 32])));
         assert_eq!(m.ring.data_key(3), Some(&Key256::from_bytes([0xa3; 32])));
@@ -67,7 +69,7 @@ fn either_principal_key_migrates_every_data_key() {
 
 #[test]
 fn wrong_key_foreign_cluster_and_tampering_are_refused() {
-    let r = migrate(FIXTURE.as_bytes(), &pk(0x33), Some(SYSID));
+    let r = migrate(FIXTURE.as_bytes(), &[&pk(0x33)], Some(SYSID));
     match r {
         Err(Error::WrongPrincipalKey { expected, actual }) => {
             assert_eq!(
@@ -79,7 +81,7 @@ fn wrong_key_foreign_cluster_and_tampering_are_refused() {
         other => panic!("{:?}", other.err()),
     }
 
-    let r = migrate(FIXTURE.as_bytes(), &pk(0x11), Some(SYSID + 1));
+    let r = migrate(FIXTURE.as_bytes(), &[&pk(0x11)], Some(SYSID + 1));
     assert!(
         matches!(r, Err(Error::ForeignKeyring { keyring: SYSID, cluster }) if cluster == SYSID + 1),
         "{:?}",
@@ -87,7 +89,7 @@ fn wrong_key_foreign_cluster_and_tampering_are_refused() {
     );
     // Without a cluster to check against, the keyring's own identifier
     // stands (the MAC covers it).
-    let m = migrate(FIXTURE.as_bytes(), &pk(0x11), None).unwrap();
+    let m = migrate(FIXTURE.as_bytes(), &[&pk(0x11)], None).unwrap();
     assert_eq!(m.ring.system_identifier, SYSID);
 
     // Every field the MAC covers: changing any one refuses the keyring.
@@ -126,7 +128,7 @@ fn wrong_key_foreign_cluster_and_tampering_are_refused() {
     for (name, edit) in edits {
         let mut v = base.clone();
         edit(&mut v);
-        let r = migrate(v.to_string().as_bytes(), &pk(0x11), Some(SYSID));
+        let r = migrate(v.to_string().as_bytes(), &[&pk(0x11)], Some(SYSID));
         assert!(
             matches!(r, Err(Error::KeyringTampered { .. })),
             "{name}: {:?}",
@@ -138,7 +140,7 @@ fn wrong_key_foreign_cluster_and_tampering_are_refused() {
     // identifier changed to match, the MAC still fails.
     let mut v = base.clone();
     v["system_identifier"] = (SYSID + 1).to_string().into();
-    let r = migrate(v.to_string().as_bytes(), &pk(0x11), Some(SYSID + 1));
+    let r = migrate(v.to_string().as_bytes(), &[&pk(0x11)], Some(SYSID + 1));
     assert!(
         matches!(r, Err(Error::KeyringTampered { .. })),
         "{:?}",
@@ -169,11 +171,63 @@ fn wrong_key_foreign_cluster_and_tampering_are_refused() {
             v
         },
     ] {
-        let r = migrate(doc.to_string().as_bytes(), &pk(0x11), Some(SYSID));
+        let r = migrate(doc.to_string().as_bytes(), &[&pk(0x11)], Some(SYSID));
         assert!(
             matches!(r, Err(Error::KeyringCorrupt(_))),
             "{doc}: {:?}",
             r.err()
         );
     }
+}
+
+#[test]
+fn every_principal_key_given_is_carried_over() {
+    let m = migrate(FIXTURE.as_bytes(), &[&pk(0x11), &pk(0x22)], Some(SYSID)).unwrap();
+    assert!(m.not_carried.is_empty(), "{:?}", m.not_carried);
+    assert_eq!(m.ring.opened_with, pk(0x11).fingerprint());
+    let text = m.file.to_json();
+    let reparsed = KeyringFile::parse(text.as_bytes()).unwrap();
+    assert_eq!(
+        reparsed.fingerprints(),
+        vec![
+            pk(0x11).fingerprint().as_str(),
+            pk(0x22).fingerprint().as_str()
+        ]
+    );
+    for key in [pk(0x11), pk(0x22)] {
+        let ring = open_for_cluster(&reparsed, &key, SYSID).unwrap();
+        assert!(ring.same_keyring(&m.ring));
+        assert_eq!(ring.data_key(1), Some(&Key256::from_bytes([0xa1; 32])));
+        assert_eq!(ring.data_key(3), Some(&Key256::from_bytes([0xa3; 32])));
+    }
+    // A key given that opens no entry refuses the whole migration.
+    let r = migrate(FIXTURE.as_bytes(), &[&pk(0x11), &pk(0x33)], Some(SYSID));
+    assert!(
+        matches!(r, Err(Error::WrongPrincipalKey { .. })),
+        "{:?}",
+        r.err()
+    );
+}
+
+/// Copies of one format 1 keyring migrated separately with the same
+/// principal key (a primary's and a standby's) get the same keyring key, so
+/// each can import the other; the keyring key is
+/// HKDF(K, cluster salt, "tde/v2/migrated-keyring-key" ‖ u64 LE sysid).
+#[test]
+fn separate_migrations_with_one_key_share_the_keyring_key() {
+    let a = migrate(FIXTURE.as_bytes(), &[&pk(0x11)], Some(SYSID)).unwrap();
+    let b = migrate(FIXTURE.as_bytes(), &[&pk(0x11), &pk(0x22)], None).unwrap();
+    assert!(a.ring.same_keyring(&b.ring));
+    assert_ne!(a.file, b.file, "fresh nonces in every sealing");
+    let (merged, ring) = a.file.merged_with(&b.ring).unwrap();
+    assert_eq!(ring.generations().collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(merged.fingerprints(), a.file.fingerprints());
+
+    let mut info = b"tde/v2/migrated-keyring-key".to_vec();
+    info.extend_from_slice(&SYSID.to_le_bytes());
+    let expected = common::hkdf32(&[0x11; 32], &salt(), &info);
+    assert_eq!(a.ring.keyring_key().as_bytes(), &expected);
+
+    let other = migrate(FIXTURE.as_bytes(), &[&pk(0x22)], Some(SYSID)).unwrap();
+    assert!(!other.ring.same_keyring(&a.ring));
 }

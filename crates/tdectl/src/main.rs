@@ -36,7 +36,7 @@ const USAGE: &str = "usage:
   tdectl keyring rewrap     (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) (--new-key-file F | --new-key-command CMD)
   tdectl keyring add-key    (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) (--new-key-file F | --new-key-command CMD)
   tdectl keyring remove-key (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) --fingerprint FP
-  tdectl keyring migrate    (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD)
+  tdectl keyring migrate    (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) [--also-key-file F | --also-key-command CMD]... [--drop-other-keys]
   tdectl verify PGDATA [--data-checksums] [--json]
   tdectl wal decrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
   tdectl wal encrypt (--pgdata DIR | --keyring FILE) (--key-file F | --key-command CMD) SRC DST
@@ -167,6 +167,9 @@ struct Options {
     keyring: PathBuf,
     provider: Box<dyn KeyProvider>,
     new_provider: Option<Box<dyn KeyProvider>>,
+    /// More principal keys (`keyring migrate`).
+    also: Vec<Box<dyn KeyProvider>>,
+    drop_other_keys: bool,
     fingerprint: Option<String>,
     positional: Vec<PathBuf>,
 }
@@ -179,6 +182,8 @@ fn parse_options(args: &[&str]) -> Result<Options, String> {
         None,
     );
     let mut positional = Vec::new();
+    let mut also: Vec<Box<dyn KeyProvider>> = Vec::new();
+    let mut drop_other_keys = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -201,6 +206,11 @@ fn parse_options(args: &[&str]) -> Result<Options, String> {
                 }))
             }
             "--new-key-command" => new_provider = Some(Box::new(KeyCommand { command: value()? })),
+            "--also-key-file" => also.push(Box::new(KeyFile {
+                path: value()?.into(),
+            })),
+            "--also-key-command" => also.push(Box::new(KeyCommand { command: value()? })),
+            "--drop-other-keys" => drop_other_keys = true,
             "--fingerprint" => fingerprint = Some(value()?),
             other if other.starts_with("--") => return Err(format!("unknown option {other}")),
             other => positional.push(PathBuf::from(other)),
@@ -210,6 +220,8 @@ fn parse_options(args: &[&str]) -> Result<Options, String> {
         keyring: keyring.ok_or("--pgdata or --keyring is required")?,
         provider: provider.ok_or("--key-file or --key-command is required")?,
         new_provider,
+        also,
+        drop_other_keys,
         fingerprint,
         positional,
     })
@@ -307,8 +319,10 @@ fn keyring_command(args: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-/// Rewrites a tde 0.1.0 keyring (format 1) in the current format, as the
-/// server does when it starts; only the key given opens the result.
+/// Rewrites a tde 0.1.0 keyring (format 1) in the current format for the
+/// principal keys given (the first is the one the server uses). A principal
+/// key that opened the old keyring and is not given is dropped only with
+/// `--drop-other-keys`.
 fn migrate_keyring(o: &Options) -> Result<(), String> {
     let bytes = std::fs::read(&o.keyring)
         .map_err(|e| format!("cannot read keyring \"{}\": {e}", o.keyring.display()))?;
@@ -320,8 +334,29 @@ fn migrate_keyring(o: &Options) -> Result<(), String> {
         );
         return Ok(());
     }
-    let principal = o.provider.fetch().map_err(|e| e.to_string())?;
-    let m = keyring_v1::migrate(&bytes, &principal, None).map_err(|e| e.to_string())?;
+    let pgdata = data_dir_of(&o.keyring);
+    if let Some(pid) = pgdata.as_deref().and_then(running_postmaster) {
+        return Err(format!(
+            "a server (PID {pid}) is running on this data directory; stop it first (tde 0.2.0 and later migrate the keyring themselves when they start)"
+        ));
+    }
+    let cluster = pgdata
+        .as_deref()
+        .map(tde_core::control::system_identifier)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let mut principals = vec![o.provider.fetch().map_err(|e| e.to_string())?];
+    for p in &o.also {
+        principals.push(p.fetch().map_err(|e| e.to_string())?);
+    }
+    let refs: Vec<&PrincipalKey> = principals.iter().collect();
+    let m = keyring_v1::migrate(&bytes, &refs, cluster).map_err(|e| e.to_string())?;
+    if !m.not_carried.is_empty() && !o.drop_other_keys {
+        return Err(format!(
+            "principal keys {} also open this keyring; give each with --also-key-file / --also-key-command, or add --drop-other-keys to keep only the keys given",
+            m.not_carried.join(", ")
+        ));
+    }
     write_atomic(&o.keyring, m.file.to_json().as_bytes())
         .map_err(|e| format!("cannot write keyring \"{}\": {e}", o.keyring.display()))?;
     let generations: Vec<String> = m.ring.generations().map(|g| g.to_string()).collect();
@@ -329,15 +364,34 @@ fn migrate_keyring(o: &Options) -> Result<(), String> {
         "keyring \"{}\" rewritten in format 2 (data key generations {}); it opens with: {}",
         o.keyring.display(),
         generations.join(", "),
-        principal.fingerprint()
+        m.file.fingerprints().join(", ")
     );
     if !m.not_carried.is_empty() {
         eprintln!(
-            "tdectl: warning: principal keys {} opened the old keyring and do not open the new one; add them again with \"tdectl keyring add-key\"",
+            "tdectl: warning: principal keys {} opened the old keyring and do not open the new one",
             m.not_carried.join(", ")
         );
     }
     Ok(())
+}
+
+/// The data directory whose keyring `keyring` is (`<dir>/pg_tde/keyring.json`
+/// beside `<dir>/global/pg_control`).
+fn data_dir_of(keyring: &std::path::Path) -> Option<PathBuf> {
+    let dir = keyring.parent()?.parent()?;
+    dir.join("global/pg_control")
+        .is_file()
+        .then(|| dir.to_path_buf())
+}
+
+/// The PID in `postmaster.pid` when that process is alive.
+fn running_postmaster(pgdata: &std::path::Path) -> Option<u32> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    std::path::Path::new("/proc")
+        .join(pid.to_string())
+        .exists()
+        .then_some(pid)
 }
 
 /// The segment size recorded in the long header of a segment's first page.
