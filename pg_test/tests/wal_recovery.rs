@@ -1,5 +1,6 @@
 //! Recovery from encrypted WAL: crash recovery after `kill -9`, and
-//! point-in-time recovery of a base backup from an encrypted WAL archive.
+//! point-in-time recovery of a base backup from an encrypted WAL archive,
+//! and archive recovery that meets WAL under a data key it lacks.
 
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -199,5 +200,70 @@ fn point_in_time_recovery_from_encrypted_archive() {
     restored.psql("INSERT INTO p VALUES (4, 'after')");
     let status = tde::status(&restored);
     assert!(status.wal_segment_salt.is_some(), "{status:?}");
+    restored.stop();
+}
+
+/// Archive recovery without a recovery target that meets archived WAL under
+/// a data key generation the restored keyring lacks (the base backup's copy
+/// predates a rotation) stops with FATAL, instead of taking the unreadable
+/// page for the end of the archive and promoting without the transactions
+/// after it. With the newest keyring it then recovers everything.
+#[test]
+fn archive_recovery_refuses_wal_under_a_missing_generation() {
+    let dir = TestDir::new();
+    let key = dir.key_file("principal", &random_key_hex(), 0o600);
+    let c = Cluster::new(
+        &dir,
+        "primary",
+        ClusterOptions::with_key_file(&key).checksums(true),
+    );
+    let archive = dir.subdir("archive");
+    wal::enable_archiving(&c, &archive);
+    c.start();
+    c.psql("CREATE EXTENSION tde; CREATE TABLE p(batch int, v text)");
+    let restored = Cluster::from_base_backup(&c, "restored", &["-X", "none"]);
+    let batch = |n: i32| {
+        c.psql(&format!(
+            "INSERT INTO p SELECT {n}, md5(g::text) FROM generate_series(1, 1000) g"
+        ));
+    };
+    batch(1);
+    assert_eq!(c.psql("SELECT tde_rotate_data_key()"), "2");
+    // A segment keeps the generation of its salt; the next one takes the
+    // new generation.
+    c.psql("SELECT pg_switch_wal()");
+    batch(2);
+    let segment = c.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    wal::wait_archived(&c, &segment, &archive);
+    let newest = std::fs::read(c.keyring_path()).unwrap();
+    c.stop();
+
+    restored.unset("archive_mode");
+    restored.unset("archive_command");
+    restored.set(
+        "restore_command",
+        &quote(&format!("cp {}/%f %p", archive.display())),
+    );
+    os::write_file(&restored.data_dir().join("recovery.signal"), b"", 0o600);
+    let started = restored.try_start();
+    let log = restored.log_text();
+    assert!(
+        started.is_err()
+            && !log.contains("redo done")
+            && log.contains("FATAL:  tde: cannot decrypt WAL")
+            && log.contains("generation 2, which the keyring does not hold"),
+        "archive recovery past WAL it cannot read: {started:?}\n{}",
+        pg_test::cluster::tail(&log, 4096)
+    );
+
+    os::write_file(&restored.keyring_path(), &newest, 0o600);
+    restored.start();
+    wal::wait_promoted(&restored);
+    assert_eq!(
+        restored.psql(
+            "SELECT string_agg(batch || ':' || n, ',' ORDER BY batch) FROM (SELECT batch, count(*) n FROM p GROUP BY batch) s"
+        ),
+        "1:1000,2:1000"
+    );
     restored.stop();
 }
