@@ -18,7 +18,7 @@
 //! make the durable keyring lose a key the server uses.
 
 use pgrx::prelude::*;
-use tde_core::keyring::{Keyring, KeyringFile};
+use tde_core::keyring::{open_for_cluster, Keyring, KeyringFile};
 use tde_core::wal_scan;
 
 use crate::{errors, keyring_io, keys, startup};
@@ -100,10 +100,13 @@ fn tde_import_keyring(path: &str) -> String {
     let context = format!("cannot import keyring \"{path}\"");
     let lock = keyring_io::lock();
     let (live, held) = current_keyring(&lock, &context);
-    let imported = KeyringFile::parse(&bytes)
-        .and_then(|file| file.merged_with(&held))
-        .unwrap_or_else(|e| errors::raise(&context, &e))
-        .1;
+    let file = KeyringFile::parse(&bytes).unwrap_or_else(|e| errors::raise(&context, &e));
+    let imported = match file.merged_with(&held) {
+        Ok((_, ring)) => ring,
+        Err(tde_core::Error::KeyringBodyMismatch) => adopt_under_own_keyring_key(&file, &held)
+            .unwrap_or_else(|e| errors::raise(&context, &e)),
+        Err(e) => errors::raise(&context, &e),
+    };
     let (file, ring) = live
         .merged_with(&imported)
         .unwrap_or_else(|e| errors::raise(&context, &e));
@@ -112,6 +115,28 @@ fn tde_import_keyring(path: &str) -> String {
     }
     keys::publish(&ring);
     generations(&ring)
+}
+
+/// A copy of this cluster's keyring under a keyring key of its own (each
+/// node that migrated a tde 0.1.0 keyring drew one): opened with this
+/// server's principal key, which must open it, and merged with `held` under
+/// this server's keyring key.
+fn adopt_under_own_keyring_key(
+    file: &KeyringFile,
+    held: &Keyring,
+) -> Result<Keyring, tde_core::Error> {
+    let principal = startup::principal_key()?;
+    let theirs = open_for_cluster(file, &principal, held.system_identifier)?;
+    if theirs.cluster_salt != held.cluster_salt {
+        return Err(tde_core::Error::DataKeyChange(
+            "it belongs to another keyring of this cluster (a different cluster salt)".into(),
+        ));
+    }
+    theirs
+        .with_keyring_key(held.keyring_key().clone())
+        .seal(&[&principal])?
+        .merged_with(held)
+        .map(|(_, ring)| ring)
 }
 
 /// Removes data key generation `generation` from the keyring, after proving

@@ -40,10 +40,15 @@ fn provider() -> Result<Box<dyn KeyProvider>, Error> {
     }
 }
 
+/// The principal key, fetched afresh from `tde.principal_key_file` or
+/// `tde.principal_key_command` (the server keeps no copy after start-up).
+pub fn principal_key() -> Result<tde_core::principal::PrincipalKey, Error> {
+    provider().and_then(|p| p.fetch())
+}
+
 pub fn load_keys() -> Loaded {
-    let principal = provider()
-        .and_then(|p| p.fetch())
-        .unwrap_or_else(|e| errors::raise("cannot obtain the principal key", &e));
+    let principal =
+        principal_key().unwrap_or_else(|e| errors::raise("cannot obtain the principal key", &e));
     let pgdata = data_dir();
     let sysid = control::system_identifier(&pgdata)
         .unwrap_or_else(|e| errors::raise("cannot identify the cluster", &e));

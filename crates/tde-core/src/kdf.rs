@@ -143,24 +143,3 @@ pub fn keyring_keys(keyring_key: &Key256, cluster_salt: &[u8; 32]) -> (Key256, K
         expand(keyring_key, cluster_salt, &[b"tde/v2/keyring/mac"]),
     )
 }
-
-/// The keyring key R given to a keyring migrated from format 1, derived
-/// from the principal key that migrates it: `HKDF(K, cluster salt,
-/// "tde/v2/migrated-keyring-key" ‖ u64 system identifier)`. Copies of one
-/// format 1 keyring (a primary's and its standbys', a backup's) migrated
-/// with the same principal key so share R and can be imported into each
-/// other. Whoever holds K could open R from the keyring anyway.
-pub fn migrated_keyring_key(
-    principal: &Key256,
-    cluster_salt: &[u8; 32],
-    system_identifier: u64,
-) -> Key256 {
-    expand(
-        principal,
-        cluster_salt,
-        &[
-            b"tde/v2/migrated-keyring-key",
-            &system_identifier.to_le_bytes(),
-        ],
-    )
-}

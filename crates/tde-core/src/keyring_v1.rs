@@ -36,7 +36,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::kdf::{migrated_keyring_key, wrap_keys, Key256, KEY_LEN};
+use crate::kdf::{wrap_keys, Key256, KEY_LEN};
 use crate::keyring::{
     hex_array, open_for_cluster, Keyring, KeyringFile, FORMAT_NAME, MAX_KEYRING_BYTES,
 };
@@ -76,8 +76,8 @@ struct Wrapped {
 
 /// A format 1 keyring rewritten in the current format.
 pub struct Migration {
-    /// The keys, opened with the first principal key given, under the
-    /// keyring key derived from it ([`migrated_keyring_key`]).
+    /// The keys, opened with the first principal key given, under a new
+    /// random keyring key.
     pub ring: Keyring,
     /// The keyring to write in place of the old file; the principal keys
     /// given, and no other, open it.
@@ -140,9 +140,8 @@ pub fn migrate(
             }
         }
     }
-    let keyring_key = migrated_keyring_key(first.key(), &cluster_salt, keyring_sysid);
-    let ring =
-        Keyring::from_parts(keyring_sysid, cluster_salt, data_keys).with_keyring_key(keyring_key);
+    let ring = Keyring::from_parts(keyring_sysid, cluster_salt, data_keys)
+        .with_keyring_key(Key256::random()?);
     let new_file = ring.seal(principals)?;
     // What the server will use is what it reads back, as on any start.
     let ring = open_for_cluster(&new_file, first, keyring_sysid)?;

@@ -4,8 +4,6 @@
 //! 0xa3 × 32 (generation 3), sealed under principal keys 0x11 × 32 and
 //! 0x22 × 32.
 
-mod common;
-
 use tde_core::kdf::Key256;
 use tde_core::keyring::{open_for_cluster, KeyringFile};
 use tde_core::keyring_v1::{is_format_1, migrate};
@@ -209,25 +207,28 @@ fn every_principal_key_given_is_carried_over() {
     );
 }
 
-/// Copies of one format 1 keyring migrated separately with the same
-/// principal key (a primary's and a standby's) get the same keyring key, so
-/// each can import the other; the keyring key is
-/// HKDF(K, cluster salt, "tde/v2/migrated-keyring-key" ‖ u64 LE sysid).
+/// Copies of one format 1 keyring migrated separately (a primary's and a
+/// standby's) get different random keyring keys, so that no principal key
+/// can derive one; they hold the same cluster and data keys, which is what
+/// importing one into the other checks after opening it with a principal
+/// key both share.
 #[test]
-fn separate_migrations_with_one_key_share_the_keyring_key() {
+fn separate_migrations_hold_the_same_keys_under_different_keyring_keys() {
     let a = migrate(FIXTURE.as_bytes(), &[&pk(0x11)], Some(SYSID)).unwrap();
     let b = migrate(FIXTURE.as_bytes(), &[&pk(0x11), &pk(0x22)], None).unwrap();
-    assert!(a.ring.same_keyring(&b.ring));
-    assert_ne!(a.file, b.file, "fresh nonces in every sealing");
-    let (merged, ring) = a.file.merged_with(&b.ring).unwrap();
-    assert_eq!(ring.generations().collect::<Vec<_>>(), vec![1, 3]);
-    assert_eq!(merged.fingerprints(), a.file.fingerprints());
-
-    let mut info = b"tde/v2/migrated-keyring-key".to_vec();
-    info.extend_from_slice(&SYSID.to_le_bytes());
-    let expected = common::hkdf32(&[0x11; 32], &salt(), &info);
-    assert_eq!(a.ring.keyring_key().as_bytes(), &expected);
-
-    let other = migrate(FIXTURE.as_bytes(), &[&pk(0x22)], Some(SYSID)).unwrap();
-    assert!(!other.ring.same_keyring(&a.ring));
+    assert!(!a.ring.same_keyring(&b.ring));
+    assert_ne!(a.ring.keyring_key(), b.ring.keyring_key());
+    let reopened = open_for_cluster(&b.file, &pk(0x11), SYSID).unwrap();
+    assert_eq!(reopened.cluster_salt, a.ring.cluster_salt);
+    assert_eq!(reopened.system_identifier, a.ring.system_identifier);
+    for g in [1, 3] {
+        assert_eq!(reopened.data_key(g), a.ring.data_key(g));
+    }
+    // Under the other's keyring key the body does not authenticate.
+    let r = b.file.merged_with(&a.ring);
+    assert!(
+        matches!(r, Err(Error::KeyringBodyMismatch)),
+        "{:?}",
+        r.err()
+    );
 }

@@ -59,7 +59,9 @@ fn run(args: &[String]) -> Result<(), String> {
         ["key", "generate", file] => key_generate(file),
         ["verify", rest @ ..] => verify(rest),
         ["keyring", rest @ ..] => keyring_command(rest),
-        ["prepare-upgrade", rest @ ..] => upgrade::prepare_upgrade(&parse_options(rest)?),
+        ["prepare-upgrade", rest @ ..] => {
+            upgrade::prepare_upgrade(&parse_options(rest, "prepare-upgrade", &[])?)
+        }
         ["wal", "decrypt", rest @ ..] => wal_transform(rest, Direction::Decrypt),
         ["wal", "encrypt", rest @ ..] => wal_transform(rest, Direction::Encrypt),
         ["--help"] | ["-h"] | ["help"] => {
@@ -174,7 +176,18 @@ struct Options {
     positional: Vec<PathBuf>,
 }
 
-fn parse_options(args: &[&str]) -> Result<Options, String> {
+/// Options every command taking a keyring accepts.
+const KEYRING_OPTIONS: [&str; 4] = ["--pgdata", "--keyring", "--key-file", "--key-command"];
+
+/// Parses `args` for `command`, which accepts the keyring options and
+/// `extra`; any other option is refused rather than ignored.
+fn parse_options(args: &[&str], command: &str, extra: &[&str]) -> Result<Options, String> {
+    if let Some(bad) = args
+        .iter()
+        .find(|a| a.starts_with("--") && !KEYRING_OPTIONS.contains(a) && !extra.contains(a))
+    {
+        return Err(format!("option {bad} does not apply to {command}\n{USAGE}"));
+    }
     let (mut keyring, mut provider, mut new_provider, mut fingerprint) = (
         None,
         None::<Box<dyn KeyProvider>>,
@@ -265,7 +278,13 @@ fn lock_keyring(keyring: &std::path::Path) -> Result<std::fs::File, String> {
 
 fn keyring_command(args: &[&str]) -> Result<(), String> {
     let (command, rest) = args.split_first().ok_or(USAGE)?;
-    let o = parse_options(rest)?;
+    let extra: &[&str] = match *command {
+        "rewrap" | "add-key" => &["--new-key-file", "--new-key-command"],
+        "remove-key" => &["--fingerprint"],
+        "migrate" => &["--also-key-file", "--also-key-command", "--drop-other-keys"],
+        _ => &[],
+    };
+    let o = parse_options(rest, &format!("keyring {command}"), extra)?;
     let _lock = match *command {
         "show" => None,
         _ => Some(lock_keyring(&o.keyring)?),
@@ -335,6 +354,12 @@ fn migrate_keyring(o: &Options) -> Result<(), String> {
         return Ok(());
     }
     let pgdata = data_dir_of(&o.keyring);
+    if pgdata.is_none() {
+        eprintln!(
+            "tdectl: note: \"{}\" is not the keyring of a data directory (DIR/pg_tde/keyring.json beside DIR/global/pg_control): not checked against a cluster or a running server",
+            o.keyring.display()
+        );
+    }
     if let Some(pid) = pgdata.as_deref().and_then(running_postmaster) {
         return Err(format!(
             "a server (PID {pid}) is running on this data directory; stop it first (tde 0.2.0 and later migrate the keyring themselves when they start)"
@@ -348,6 +373,12 @@ fn migrate_keyring(o: &Options) -> Result<(), String> {
     let mut principals = vec![o.provider.fetch().map_err(|e| e.to_string())?];
     for p in &o.also {
         principals.push(p.fetch().map_err(|e| e.to_string())?);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &principals {
+        if !seen.insert(p.fingerprint()) {
+            return Err(format!("principal key {} is given twice", p.fingerprint()));
+        }
     }
     let refs: Vec<&PrincipalKey> = principals.iter().collect();
     let m = keyring_v1::migrate(&bytes, &refs, cluster).map_err(|e| e.to_string())?;
@@ -387,7 +418,15 @@ fn data_dir_of(keyring: &std::path::Path) -> Option<PathBuf> {
 /// The PID in `postmaster.pid` when that process is alive.
 fn running_postmaster(pgdata: &std::path::Path) -> Option<u32> {
     let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
-    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    // A single-user server writes its PID negated.
+    let pid = text
+        .lines()
+        .next()?
+        .trim()
+        .parse::<i64>()
+        .ok()?
+        .unsigned_abs();
+    let pid = u32::try_from(pid).ok()?;
     std::path::Path::new("/proc")
         .join(pid.to_string())
         .exists()
@@ -408,7 +447,7 @@ fn segment_size(first: &[u8]) -> Result<u32, String> {
 }
 
 fn wal_transform(args: &[&str], direction: Direction) -> Result<(), String> {
-    let o = parse_options(args)?;
+    let o = parse_options(args, "wal", &[])?;
     let (_, ring, _) = open_keyring(&o)?;
     let [src, dst]: [PathBuf; 2] = o
         .positional
