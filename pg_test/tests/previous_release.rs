@@ -42,13 +42,16 @@ fn keyring_json(c: &Cluster) -> serde_json::Value {
     serde_json::from_str(&text).expect("the keyring is JSON")
 }
 
-fn tdectl_run(args: &[&str], paths: &[&std::path::Path]) -> os::Output {
+/// This release's `tdectl` with `args` (paths through [`s`]).
+fn tdectl_run(args: &[&str]) -> os::Output {
     let mut cmd = Command::new(tdectl());
     cmd.args(args);
-    for p in paths {
-        cmd.arg(p);
-    }
     os::run(&mut cmd, None, Duration::from_secs(60))
+}
+
+/// A path as an argument (the test directories' paths are UTF-8).
+fn s(path: &std::path::Path) -> &str {
+    path.to_str().expect("UTF-8 path")
 }
 
 #[test]
@@ -136,20 +139,28 @@ fn a_cluster_written_by_0_1_0_runs_on_under_this_release() {
         !segments.is_empty(),
         "no WAL segment from {first} to {last}"
     );
-    let show = tdectl_run(
-        &["keyring", "show", "--keyring"],
-        &[&keyring_copy, std::path::Path::new("--key-file"), &key],
-    );
+    let show = tdectl_run(&[
+        "keyring",
+        "show",
+        "--keyring",
+        s(&keyring_copy),
+        "--key-file",
+        s(&key),
+    ]);
     assert!(
         !show.success() && show.stderr.contains("format 1") && show.stderr.contains("migrate"),
         "tdectl keyring show on a 0.1.0 keyring:\n{}",
         show.text()
     );
     // The recovery key is not dropped unasked.
-    let migrate = tdectl_run(
-        &["keyring", "migrate", "--keyring"],
-        &[&keyring_copy, std::path::Path::new("--key-file"), &key],
-    );
+    let migrate = tdectl_run(&[
+        "keyring",
+        "migrate",
+        "--keyring",
+        s(&keyring_copy),
+        "--key-file",
+        s(&key),
+    ]);
     assert!(
         !migrate.success()
             && migrate.stderr.contains(&recovery_fingerprint)
@@ -157,16 +168,16 @@ fn a_cluster_written_by_0_1_0_runs_on_under_this_release() {
         "tdectl keyring migrate without the recovery key:\n{}",
         migrate.text()
     );
-    let migrate = tdectl_run(
-        &["keyring", "migrate", "--keyring"],
-        &[
-            &keyring_copy,
-            std::path::Path::new("--key-file"),
-            &key,
-            std::path::Path::new("--also-key-file"),
-            &recovery,
-        ],
-    );
+    let migrate = tdectl_run(&[
+        "keyring",
+        "migrate",
+        "--keyring",
+        s(&keyring_copy),
+        "--key-file",
+        s(&key),
+        "--also-key-file",
+        s(&recovery),
+    ]);
     assert!(
         migrate.success()
             && migrate.stdout.contains("rewritten in format 2")
@@ -180,16 +191,16 @@ fn a_cluster_written_by_0_1_0_runs_on_under_this_release() {
     let (mut encrypted, mut decrypted) = (Vec::new(), Vec::new());
     for segment in &segments {
         let plain = copies.join(segment.file_name().unwrap());
-        let decrypt = tdectl_run(
-            &["wal", "decrypt", "--keyring"],
-            &[
-                &keyring_copy,
-                std::path::Path::new("--key-file"),
-                &key,
-                segment,
-                &plain,
-            ],
-        );
+        let decrypt = tdectl_run(&[
+            "wal",
+            "decrypt",
+            "--keyring",
+            s(&keyring_copy),
+            "--key-file",
+            s(&key),
+            s(segment),
+            s(&plain),
+        ]);
         assert!(decrypt.success(), "tdectl wal decrypt:\n{}", decrypt.text());
         encrypted.extend(std::fs::read(segment).unwrap());
         decrypted.extend(std::fs::read(&plain).unwrap());
@@ -275,16 +286,16 @@ fn a_cluster_written_by_0_1_0_runs_on_under_this_release() {
     assert_eq!(ring["principals"].as_array().map(Vec::len), Some(1));
     assert_eq!(ring["principals"][0]["fingerprint"], fingerprint.as_str());
     // The recovery key is added again, online.
-    let readd = tdectl_run(
-        &["keyring", "add-key", "--pgdata"],
-        &[
-            c.data_dir(),
-            std::path::Path::new("--key-file"),
-            &key,
-            std::path::Path::new("--new-key-file"),
-            &recovery,
-        ],
-    );
+    let readd = tdectl_run(&[
+        "keyring",
+        "add-key",
+        "--pgdata",
+        s(c.data_dir()),
+        "--key-file",
+        s(&key),
+        "--new-key-file",
+        s(&recovery),
+    ]);
     assert!(readd.success(), "tdectl keyring add-key:\n{}", readd.text());
     assert_eq!(contents(&c), before, "contents under this release");
     let hits = scan::find_in_tree(c.data_dir(), &[m.as_bytes()], &[]);
@@ -327,10 +338,14 @@ fn a_cluster_written_by_0_1_0_runs_on_under_this_release() {
         "1, 2"
     );
     // The recovery key opens the keyring rotated since.
-    let show = tdectl_run(
-        &["keyring", "show", "--pgdata"],
-        &[c.data_dir(), std::path::Path::new("--key-file"), &recovery],
-    );
+    let show = tdectl_run(&[
+        "keyring",
+        "show",
+        "--pgdata",
+        s(c.data_dir()),
+        "--key-file",
+        s(&recovery),
+    ]);
     assert!(
         show.success() && show.stdout.contains("data key generations: 1, 2"),
         "tdectl keyring show with the recovery key:\n{}",

@@ -125,6 +125,18 @@ fn crash_under_pgbench_loses_no_acknowledged_commit() {
     c.stop();
 }
 
+/// Sets up `restored` (a base backup, stopped) for archive recovery from
+/// `archive`, without archiving of its own.
+fn restore_from(restored: &Cluster, archive: &std::path::Path) {
+    restored.unset("archive_mode");
+    restored.unset("archive_command");
+    restored.set(
+        "restore_command",
+        &quote(&format!("cp {}/%f %p", archive.display())),
+    );
+    os::write_file(&restored.data_dir().join("recovery.signal"), b"", 0o600);
+}
+
 #[test]
 fn point_in_time_recovery_from_encrypted_archive() {
     let dir = TestDir::new();
@@ -168,15 +180,9 @@ fn point_in_time_recovery_from_encrypted_archive() {
     );
     c.stop();
 
-    restored.unset("archive_mode");
-    restored.unset("archive_command");
-    restored.set(
-        "restore_command",
-        &quote(&format!("cp {}/%f %p", archive.display())),
-    );
+    restore_from(&restored, &archive);
     restored.set("recovery_target_time", &quote(&target));
     restored.set("recovery_target_action", &quote("promote"));
-    os::write_file(&restored.data_dir().join("recovery.signal"), b"", 0o600);
     restored.start();
     wal::wait_promoted(&restored);
 
@@ -238,13 +244,7 @@ fn archive_recovery_refuses_wal_under_a_missing_generation() {
     let newest = std::fs::read(c.keyring_path()).unwrap();
     c.stop();
 
-    restored.unset("archive_mode");
-    restored.unset("archive_command");
-    restored.set(
-        "restore_command",
-        &quote(&format!("cp {}/%f %p", archive.display())),
-    );
-    os::write_file(&restored.data_dir().join("recovery.signal"), b"", 0o600);
+    restore_from(&restored, &archive);
     let started = restored.try_start();
     let log = restored.log_text();
     assert!(

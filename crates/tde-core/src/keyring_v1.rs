@@ -95,11 +95,10 @@ pub fn is_format_1(bytes: &[u8]) -> bool {
         format: String,
         version: u64,
     }
+    // Unknown fields are ignored: only the header decides.
     bytes.len() <= MAX_KEYRING_BYTES
-        && serde_json::from_slice::<serde_json::Value>(bytes)
-            .ok()
-            .and_then(|v| serde_json::from_value::<Header>(v).ok())
-            .is_some_and(|h| h.format == FORMAT_NAME && h.version == VERSION)
+        && serde_json::from_slice::<Header>(bytes)
+            .is_ok_and(|h| h.format == FORMAT_NAME && h.version == VERSION)
 }
 
 /// Opens a format 1 keyring with each of `principals` (the first is the
