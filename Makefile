@@ -15,17 +15,19 @@ PG ?= 15 17 18
 export PG_MAJOR ?= $(firstword $(PG))
 
 .PHONY: help setup build install run stop status fmt fmt-check clippy \
-	test-core test-pg test-cluster test-regress test-regress-plain bench test
+	test-core test-cold test-pg test-cluster test-regress test-regress-plain bench test
 
 help:
-	@echo "make setup         install system packages, cargo-pgrx, build PostgreSQL 17 and 18, pgrx config (idempotent)"
+	@echo "make setup         what the tests need: Debian packages, cargo-pgrx, stock PostgreSQL 15.18, 17 and 18 built"
+	@echo "                   from source, pgrx config (idempotent; make run needs only a part of it)"
 	@echo "make build         cargo build the workspace"
 	@echo "make install       build tde (release) and install it into PostgreSQL \$$PG_MAJOR (default 15)"
-	@echo "make run           setup + install + start the demo cluster with tde (port 5499)"
+	@echo "make run           the demo's part of setup, install, start the demo cluster with tde (port 5499)"
 	@echo "make stop          stop the demo cluster"
 	@echo "make test          everything below, in order, stopping at the first failure,"
 	@echo "                   for every supported PostgreSQL version (PG=\"15 17 18\"; make test PG=17 for one)"
-	@echo "  fmt-check clippy test-core, then per version: test-pg install test-cluster test-regress"
+	@echo "  fmt-check clippy test-core test-cold, then per version: test-pg install test-cluster test-regress"
+	@echo "make test-cold     the fresh-machine path of the cached builds, from empty scratch caches"
 	@echo "make test-regress-plain   PostgreSQL regression suite without tde (baseline)"
 	@echo "make bench         benchmarks (scripts/bench.sh)"
 
@@ -63,6 +65,10 @@ clippy:
 test-core:
 	$(CARGO) test -p tde-core
 
+# Under make on purpose: see the script.
+test-cold:
+	scripts/test-cold-path.sh
+
 test-pg:
 	scripts/test-pg.sh
 
@@ -99,7 +105,7 @@ bench:
 # One make run, so `install` happens once even though test-cluster and
 # test-regress depend on it; .NOTPARALLEL keeps the order.
 test:
-	$(MAKE) --no-print-directory setup fmt-check clippy test-core
+	$(MAKE) --no-print-directory setup fmt-check clippy test-core test-cold
 	for v in $(PG); do \
 		echo "==> PostgreSQL $$v"; \
 		$(MAKE) --no-print-directory PG_MAJOR=$$v test-pg install test-cluster test-regress; \

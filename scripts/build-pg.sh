@@ -47,7 +47,7 @@ case "$MAJOR" in
         ;;
     *) die "usage: $0 15|17|18" ;;
 esac
-CACHE="${TDE_CACHE:-$HOME/.cache/tde}"
+CACHE="$TDE_CACHE"
 PREFIX="${TDE_PG_PREFIX:-/opt/tde-pg}/$MAJOR"
 EXTRA_CONFIGURE="${EXTRA_CONFIGURE:-}"
 # The stamp names the configuration too, so changing it rebuilds.
@@ -55,7 +55,7 @@ STAMP="$PREFIX/.built-$VERSION${EXTRA_CONFIGURE:+-${EXTRA_CONFIGURE#--}}"
 CONTRIB="amcheck pageinspect pg_walinspect test_decoding basic_archive"
 
 # regress.sh runs the suite from the build tree, so both must be there.
-if [ -f "$STAMP" ] && [ -f "$CACHE/build/pg$MAJOR/GNUmakefile" ]; then
+if [ -f "$STAMP" ] && [ -x "$PREFIX/bin/postgres" ] && [ -f "$CACHE/build/pg$MAJOR/GNUmakefile" ]; then
     echo "$PREFIX/bin/pg_config"
     exit 0
 fi
@@ -73,6 +73,8 @@ if ! echo "$SHA256  $CACHE/src/$TARBALL" | sha256sum -c --status 2>/dev/null; th
 fi
 
 BUILD="$CACHE/build/pg$MAJOR"
+# Start from nothing: whatever an earlier, failed or interrupted, run left
+# is not trusted.  The stamp is written last, after every step succeeded.
 rm -rf "$BUILD"
 as_root rm -rf "$PREFIX"
 as_root install -d -o "$(id -u)" -g "$(id -g)" "$PREFIX"
@@ -80,16 +82,22 @@ mkdir -p "$BUILD"
 log "unpacking PostgreSQL $VERSION"
 tar -xjf "$CACHE/src/$TARBALL" -C "$BUILD" --strip-components=1
 cd "$BUILD"
-log "building PostgreSQL $VERSION into $PREFIX (a few minutes)"
-# shellcheck disable=SC2086 # EXTRA_CONFIGURE is empty or one word
-./configure --prefix="$PREFIX" --with-openssl --without-icu --without-readline $EXTRA_CONFIGURE \
-    >configure.log 2>&1 || { tail -30 configure.log >&2; die "configure failed"; }
-make -j"$(nproc)" -s >build.log 2>&1 || { tail -40 build.log >&2; die "build failed"; }
-make -s install >>build.log 2>&1 || { tail -40 build.log >&2; die "install failed"; }
-for m in $CONTRIB; do
-    make -s -C "contrib/$m" install >>build.log 2>&1 ||
-        { tail -40 build.log >&2; die "contrib/$m failed"; }
-done
+
+configure_pg() {
+    # shellcheck disable=SC2086 # EXTRA_CONFIGURE is empty or one word
+    ./configure --prefix="$PREFIX" --with-openssl --without-icu --without-readline $EXTRA_CONFIGURE
+}
+build_pg() {
+    make -j"$(nproc)" -s
+    make -s install
+    for m in $CONTRIB; do
+        make -s -C "contrib/$m" install
+    done
+}
+long_step "configuring PostgreSQL $VERSION" "30 seconds" "$BUILD/configure.log" configure_pg
+long_step "building PostgreSQL $VERSION into $PREFIX" "3 minutes on 2 cores" "$BUILD/build.log" build_pg
+[ -x "$PREFIX/bin/postgres" ] && [ -x "$PREFIX/bin/pg_config" ] ||
+    die "the build of PostgreSQL $VERSION installed no server in $PREFIX; see $BUILD/build.log"
 # The tests install tde into this tree as root and run servers as postgres.
 chmod -R a+rX "$PREFIX"
 touch "$STAMP"

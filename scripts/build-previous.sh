@@ -27,7 +27,7 @@ MAJOR="${1:-}"
 pg_config="$(pg_config_for "$MAJOR")"
 [ -x "$pg_config" ] || die "pg_config not found at $pg_config (run make setup)"
 
-CACHE="${TDE_CACHE:-$HOME/.cache/tde}/releases"
+CACHE="$TDE_CACHE/releases"
 DEST="${TDE_PG_PREFIX:-/opt/tde-pg}/tde-$RELEASE/pg$MAJOR"
 STAMP="$DEST/.built-$COMMIT-$("$pg_config" --version | tr -c 'A-Za-z0-9.\n' '_')"
 if [ -f "$STAMP" ] && [ -f "$DEST/tde.so" ] && [ -x "$DEST/tdectl" ]; then
@@ -48,15 +48,16 @@ fi
 
 src="$CACHE/src-$RELEASE"
 out="$CACHE/out-$RELEASE-pg$MAJOR"
-log "building tde $RELEASE (commit ${COMMIT:0:12}) for PostgreSQL $MAJOR"
 rm -rf "$src" "$out"
 mkdir -p "$src"
 git_ archive "$COMMIT" | tar -x -C "$src"
-(
+build_release() {
     cd "$src"
-    CARGO_TARGET_DIR="$CACHE/target" cargo pgrx package --pg-config "$pg_config" --out-dir "$out" >&2
-    CARGO_TARGET_DIR="$CACHE/target" cargo build --release --locked -p tdectl >&2
-)
+    CARGO_TARGET_DIR="$CACHE/target" cargo pgrx package --pg-config "$pg_config" --out-dir "$out"
+    CARGO_TARGET_DIR="$CACHE/target" cargo build --release --locked -p tdectl
+}
+long_step "building tde $RELEASE (commit ${COMMIT:0:12}) for PostgreSQL $MAJOR" \
+    "2 minutes on 2 cores, once" "$TDE_LOG_DIR/build-tde-$RELEASE-pg$MAJOR.log" build_release
 so="$out$("$pg_config" --pkglibdir)/tde.so"
 [ -f "$so" ] || die "the $RELEASE build produced no $so"
 

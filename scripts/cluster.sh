@@ -28,8 +28,20 @@ demo_psql() {
     as_postgres "$(bin psql)" -X -q -v ON_ERROR_STOP=1 -h "$BASE" -p "$PORT" -U postgres -d postgres "$@"
 }
 
+add_demo_settings() { # data directory
+    as_postgres tee -a "$1/postgresql.conf" >/dev/null <<CONF
+
+$MARKER_CONF
+port = $PORT
+listen_addresses = 'localhost'
+unix_socket_directories = '$BASE'
+shared_preload_libraries = 'tde'
+tde.principal_key_file = '$KEY'
+CONF
+}
+
 cmd_run() {
-    "$REPO_ROOT/scripts/setup.sh"
+    "$REPO_ROOT/scripts/setup.sh" --demo
     "$REPO_ROOT/scripts/install-ext.sh"
 
     make_postgres_dir "$BASE"
@@ -40,20 +52,20 @@ cmd_run() {
     fi
     as_postgres chmod 0600 "$KEY"
 
+    # The data directory appears whole or not at all: initdb and the demo
+    # settings go to a scratch directory that is renamed at the end, so an
+    # interrupted first run leaves nothing a rerun would take for a cluster.
     if ! as_postgres test -f "$DATA/PG_VERSION"; then
+        local fresh="$BASE/pgdata.initdb"
+        as_postgres rm -rf "$fresh"
         log "initdb $DATA"
-        as_postgres "$(bin initdb)" -D "$DATA" --data-checksums -A trust -U postgres >/dev/null
+        as_postgres "$(bin initdb)" -D "$fresh" --data-checksums -A trust -U postgres >/dev/null
+        add_demo_settings "$fresh"
+        as_postgres rm -rf "$DATA"
+        as_postgres mv "$fresh" "$DATA"
     fi
     if ! as_postgres grep -qxF -- "$MARKER_CONF" "$DATA/postgresql.conf"; then
-        as_postgres tee -a "$DATA/postgresql.conf" >/dev/null <<CONF
-
-$MARKER_CONF
-port = $PORT
-listen_addresses = 'localhost'
-unix_socket_directories = '$BASE'
-shared_preload_libraries = 'tde'
-tde.principal_key_file = '$KEY'
-CONF
+        add_demo_settings "$DATA"
     fi
 
     local so

@@ -1,6 +1,20 @@
 # shellcheck shell=bash
 # Shared helpers for the scripts in this directory.  Source it; don't run it.
 
+# A failure inside $(...) must stop the script too: without this, bash runs
+# the rest of a function called in a command substitution after a failed
+# command, and a cache stamp written at its end would claim a build that
+# failed.
+shopt -s inherit_errexit
+
+# These scripts are entry points, also when `make` runs them.  A make that
+# started us exports MAKELEVEL (and MAKEFLAGS with its options and jobserver);
+# PostgreSQL's makefiles build their generated headers first only when they
+# are the top-level make (MAKELEVEL 0), so a build under our make would race
+# on a fresh tree.  Every build the scripts start is a top-level build of its
+# own.
+unset MAKELEVEL MAKEFLAGS MFLAGS MAKEOVERRIDES GNUMAKEFLAGS MAKE_TERMOUT MAKE_TERMERR
+
 # Make rustup's cargo visible even in non-login shells (CI, sudo, make).
 if [ -f "$HOME/.cargo/env" ]; then
     # shellcheck disable=SC1091
@@ -30,10 +44,37 @@ pg_config_for() { # major -> path of its pg_config
 }
 PG_CONFIG="${PG_CONFIG:-$(pg_config_for "$PG_MAJOR")}"
 PGRX_VERSION=0.18.1
-export REPO_ROOT PG_MAJOR PG_CONFIG PGRX_VERSION SUPPORTED_PG_MAJORS
+# Sources, build trees and the logs of long steps.
+TDE_CACHE="${TDE_CACHE:-$HOME/.cache/tde}"
+TDE_LOG_DIR="${TDE_LOG_DIR:-$TDE_CACHE/logs}"
+export REPO_ROOT PG_MAJOR PG_CONFIG PGRX_VERSION SUPPORTED_PG_MAJORS TDE_CACHE TDE_LOG_DIR
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Run a long step with its output in a log file: say what it does and
+# roughly how long it takes before, how long it took after, and on failure
+# the end of the log and its path.
+#   long_step "building X" "3 minutes" /path/to/log command args...
+long_step() {
+    local what="$1" about="$2" logfile="$3" start=$SECONDS
+    shift 3
+    mkdir -p "$(dirname "$logfile")"
+    log "$what (about $about; log: $logfile)"
+    # Not `if ! "$@"`: bash ignores set -e inside a function run as a
+    # condition, so a failed command in the middle of a step would go
+    # unnoticed.  A subshell run as a plain command keeps set -e.
+    local rc
+    set +e
+    (set -e; "$@") >"$logfile" 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" != 0 ]; then
+        tail -n 30 "$logfile" >&2
+        die "$what failed (exit $rc) after $((SECONDS - start)) s; the whole log is $logfile"
+    fi
+    log "$what: done in $((SECONDS - start)) s"
+}
 
 # Run a command with root privileges (directly when already root).
 as_root() {

@@ -29,13 +29,14 @@
 #   REGRESS_CHECK_ENCRYPTED=0 skip the "tenk1 is not stored in plaintext" check
 #   UPDATE_BASELINE=1    rewrite the expected-failures file from this run
 #   KEEP_CLUSTER=1       leave the cluster's data directory behind
+#   REGRESS_PREPARE_ONLY=1  fetch and build the suite, print its directory, stop
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 MODE="${MODE:-tde}"
 case "$MODE" in tde | plain) ;; *) die "MODE must be tde or plain, not '$MODE'" ;; esac
-CACHE="${TDE_CACHE:-$HOME/.cache/tde}"
+CACHE="$TDE_CACHE"
 BASE="${TDE_REGRESS_DIR:-/var/tmp/tde-regress}"
 PORT="${REGRESS_PORT:-5498}"
 OUT="${REGRESS_OUT:-$REPO_ROOT/target/regress/$MODE}"
@@ -98,7 +99,7 @@ fetch_source() {
         tmp="$(mktemp -d "$src_dir/dl.XXXXXX")"
         log "apt-get source --download-only $SRC_PKG=$version"
         if (cd "$tmp" && apt-get source -qq --download-only "$SRC_PKG=$version" >&2 2>"$tmp.err"); then
-            tarball="$(ls "$tmp"/*.orig.tar.* 2>/dev/null | head -n1)"
+            tarball="$(ls "$tmp"/*.orig.tar.* 2>/dev/null | head -n1 || true)"
             if [ -n "$tarball" ]; then
                 mv "$tmp"/* "$src_dir"/
                 rm -rf "$tmp" "$tmp.err"
@@ -122,19 +123,23 @@ build_suite() { # tarball -> prints the build tree's src/test/regress
     local tarball="$1" upstream tree
     upstream="$(basename "$tarball" | sed -E 's/^[^_]+_([^-]+)\.orig\.tar\..*/\1/')"
     tree="$CACHE/build/postgresql-$upstream"
-    if [ ! -f "$tree/.tde-built" ]; then
-        log "building the regression suite of PostgreSQL $upstream in $tree"
+    # The stamp is written only after the suite's own files exist; a failed
+    # or interrupted build leaves none, and the next run starts afresh.
+    if [ ! -f "$tree/.tde-built" ] || [ ! -x "$tree/src/test/regress/pg_regress" ]; then
         rm -rf "$tree"
         mkdir -p "$CACHE/build"
-        tar -xf "$tarball" -C "$CACHE/build"
+        tar -xf "$tarball" -C "$CACHE/build" || die "cannot unpack $tarball"
         [ -d "$tree" ] || die "unexpected tarball layout in $tarball"
-        (
+        configure_suite() {
             cd "$tree"
-            ./configure --without-icu --without-readline --without-zlib --without-llvm \
-                >configure.log 2>&1 || { tail -n 30 configure.log >&2; exit 1; }
-            make -s -j"$(nproc)" -C src/test/regress >build.log 2>&1 ||
-                { tail -n 30 build.log >&2; exit 1; }
-        )
+            ./configure --without-icu --without-readline --without-zlib --without-llvm
+        }
+        long_step "configuring the regression suite of PostgreSQL $upstream" "30 seconds" \
+            "$tree/configure.log" configure_suite
+        long_step "building the regression suite of PostgreSQL $upstream" "1 minute" \
+            "$tree/build.log" make -s -j"$(nproc)" -C "$tree/src/test/regress"
+        [ -x "$tree/src/test/regress/pg_regress" ] ||
+            die "building the regression suite left no pg_regress; see $tree/build.log"
         touch "$tree/.tde-built"
     fi
     echo "$tree/src/test/regress"
@@ -163,10 +168,9 @@ stop_cluster() {
 built_server_suite() {
     local tree="$CACHE/build/pg$PG_MAJOR"
     [ -f "$tree/src/test/regress/GNUmakefile" ] || die "no build tree at $tree (run scripts/build-pg.sh $PG_MAJOR)"
-    if [ ! -f "$tree/.tde-regress-built" ]; then
-        log "building the regression suite in $tree"
-        make -s -j"$(nproc)" -C "$tree/src/test/regress" >"$tree/regress-build.log" 2>&1 ||
-            { tail -n 30 "$tree/regress-build.log" >&2; die "building the regression suite failed"; }
+    if [ ! -f "$tree/.tde-regress-built" ] || [ ! -x "$tree/src/test/regress/pg_regress" ]; then
+        long_step "building the regression suite in $tree" "1 minute" \
+            "$tree/regress-build.log" make -s -j"$(nproc)" -C "$tree/src/test/regress"
         touch "$tree/.tde-regress-built"
     fi
     echo "$tree/src/test/regress"
@@ -174,7 +178,8 @@ built_server_suite() {
 
 main() {
     [ -x "$BINDIR/postgres" ] || die "no PostgreSQL server at $BINDIR (run scripts/setup.sh)"
-    if [ "$MODE" = tde ] && [ ! -f "$("$PG_CONFIG" --pkglibdir)/tde.so" ]; then
+    if [ "$MODE" = tde ] && [ -z "${REGRESS_PREPARE_ONLY:-}" ] &&
+        [ ! -f "$("$PG_CONFIG" --pkglibdir)/tde.so" ]; then
         die "tde.so is not installed (run scripts/install-ext.sh or MODE=plain)"
     fi
 
@@ -187,6 +192,10 @@ main() {
     else
         suite="$(built_server_suite)"
         SRC_VER="$PSQL_VER"
+    fi
+    if [ -n "${REGRESS_PREPARE_ONLY:-}" ]; then
+        echo "$suite"
+        return
     fi
     log "suite from PostgreSQL $SRC_VER sources, server and psql $PSQL_VER, mode $MODE"
 
