@@ -11,6 +11,7 @@ pub static PRINCIPAL_KEY_COMMAND: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 pub static DATA_ENCRYPTION: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static WAL_ENCRYPTION: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static ALLOW_CORE_DUMPS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -44,6 +45,14 @@ pub fn register() {
         &WAL_ENCRYPTION,
         GucContext::Postmaster,
         GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"tde.allow_core_dumps",
+        c"Let server processes write core dumps, which then contain encryption keys.",
+        c"Off: server processes are not dumpable, so no core dump is written.",
+        &ALLOW_CORE_DUMPS,
+        GucContext::Postmaster,
+        GucFlags::SUPERUSER_ONLY,
     );
     // SAFETY: called from _PG_init in the postmaster, where defining and
     // reserving GUCs is allowed; the string is a static C string.

@@ -8,6 +8,7 @@
 use pgrx::prelude::*;
 
 mod attach;
+mod core_dumps;
 mod data_keys;
 mod errors;
 mod fake_lsn;
@@ -42,6 +43,8 @@ pub extern "C-unwind" fn _PG_init() {
         );
     }
     guc::register();
+    // Before the first key is fetched.
+    core_dumps::protect();
     state::install(startup::load_keys());
     attach::attach_storage_manager();
     attach::attach_wal_io();

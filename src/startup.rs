@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 use tde_core::keyring::{open_for_cluster, write_atomic, Keyring, KeyringFile};
 use tde_core::keyring_v1;
 use tde_core::provider::{KeyCommand, KeyFile, KeyProvider};
-use tde_core::{control, scan, Error};
+use tde_core::{control, scan, wal_scan, Error};
 
 use crate::{errors, guc, keyring_io};
 
@@ -178,6 +178,23 @@ fn create_keyring(
         )),
         Ok(None) => {}
         Err(e) => pgrx::error!("tde: cannot scan the data directory for encrypted pages: {e}"),
+    }
+    // WAL too: with tde.data_encryption = off, or before the first
+    // checkpoint, encrypted WAL may be all there is, and a fresh keyring
+    // would make recovery take it for the end of WAL.
+    match wal_scan::find_encrypted_wal_page(&pgdata.join("pg_wal")) {
+        Ok(Some(found)) => missing(format!(
+            "WAL page at offset {} of \"{}\" is encrypted (data key generation {})",
+            found.offset,
+            found
+                .file
+                .strip_prefix(pgdata)
+                .unwrap_or(&found.file)
+                .display(),
+            found.generation
+        )),
+        Ok(None) => {}
+        Err(e) => pgrx::error!("tde: cannot scan pg_wal for encrypted WAL pages: {e}"),
     }
     let keyring =
         Keyring::generate(sysid).unwrap_or_else(|e| errors::raise("cannot generate data keys", &e));

@@ -297,31 +297,52 @@ fn decrypt_for_merge(buf: &mut [u8]) -> Result<(), ()> {
     .map_err(|_| ())
 }
 
-/// Encrypts each page of `buf` (written at `offset`) that is a complete
-/// plaintext WAL page as the server writes it: right magic, zero padding
-/// and, in a segment file, the address of its position. Anything else (all
-/// zeros, a page whose header is still incomplete) is written as it is.
-fn encrypt_write(kind: Kind, buf: &mut [u8], offset: u64, salt: SegmentSalt) -> Result<(), ()> {
-    let base = match kind {
-        Kind::Segment { start } => Some(start + offset),
-        Kind::Temp => None,
-    };
-    with_cipher(|c| {
-        for (i, page) in buf.chunks_exact_mut(PAGE).enumerate() {
-            let Some(h) = WalPageHeader::parse(page) else {
-                continue;
-            };
-            let at = base.map(|b| b + (i * PAGE) as u64);
-            if !page_magic_ok(page) || page[20..24] != [0; 4] || at.is_some_and(|a| a != h.pageaddr)
-            {
-                continue;
-            }
-            let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
-            c.encrypt_page(page, salt).map_err(|_| ())?;
+/// Encrypts the pages of `buf`, to be written at `offset` (page-aligned,
+/// whole pages) of a tracked file. All-zero pages (pre-allocated segments)
+/// stay as they are. Every other page must be a plaintext WAL page as the
+/// server writes it: zero padding, a header that fits this cluster and, in
+/// a segment file, the address of its position. Anything else is refused,
+/// and the caller writes nothing: a page that cannot be classified is never
+/// written in plaintext.
+fn encrypt_write(
+    kind: Kind,
+    buf: &mut [u8],
+    offset: u64,
+    salt: SegmentSalt,
+) -> Result<(), tde_core::Error> {
+    for page in buf.chunks_exact(PAGE) {
+        if !page_magic_ok(page) && page.iter().any(|&b| b != 0) {
+            let header = WalPageHeader::parse(page).expect("a whole page holds a header");
+            return Err(tde_core::Error::UnexpectedWalPage {
+                pageaddr: header.pageaddr,
+                detail: format!(
+                    "has magic {:#06x} where this server writes {:#06x}: it is not a WAL page of this server; refusing to encrypt it",
+                    header.magic,
+                    pg_sys::XLOG_PAGE_MAGIC
+                ),
+            });
         }
-        Ok(())
-    })
-    .map_err(|_| ())?
+    }
+    with_cipher(|c| match segno(kind) {
+        Some(segno) => c.encrypt_range(buf, segno, offset, salt).map(|_| ()),
+        None => {
+            for page in buf.chunks_exact_mut(PAGE) {
+                let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
+                c.encrypt_page(page, salt)?;
+            }
+            Ok(())
+        }
+    })?
+}
+
+/// Says why a WAL write was refused; PostgreSQL then reports the EIO
+/// (and, writing WAL, stops with PANIC rather than lose or expose it).
+fn report_unwritable(e: &tde_core::Error) {
+    log_direct(
+        pg_sys::LOG as c_int,
+        &format!("tde: refusing to write a WAL page that cannot be encrypted: {e}"),
+        "Nothing was written. A WAL page that tde cannot classify is never written in plaintext.",
+    );
 }
 
 /// Reads exactly `buf.len()` bytes at `offset` unless the file ends first;
@@ -460,9 +481,31 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
     })
 }
 
+/// The start of a timeline history file: lines of "<timeline>\t<LSN>\t<reason>",
+/// text without NUL bytes. A WAL page starts with its magic number, whose
+/// low byte is no digit, or with zeros.
+fn is_history_text(src: &[u8]) -> bool {
+    let digits = src.iter().take_while(|b| b.is_ascii_digit()).count();
+    digits > 0 && src.get(digits) == Some(&b'\t') && !src.contains(&0)
+}
+
 /// Writes `src` at `offset` of a tracked descriptor, encrypting whole pages;
 /// pages only partly covered are read, decrypted, merged and rewritten.
 fn tracked_pwrite(fd: c_int, t: Tracked, src: &[u8], offset: u64) -> ssize_t {
+    if matches!(t.kind, Kind::Temp) && offset == 0 && is_history_text(src) {
+        // PostgreSQL writes a new timeline history file through
+        // `xlogtemp.<pid>` too, then renames it to `<TLI>.history`. History
+        // files stay plaintext (as stored in pg_wal and the archive, and as
+        // the stock tools read them): the descriptor is not WAL.
+        set_tracked(fd, None);
+        return match pwrite_full(fd, src, offset) {
+            Ok(()) => src.len() as ssize_t,
+            Err(e) => {
+                set_errno(e);
+                -1
+            }
+        };
+    }
     let result = (|| -> Result<(), c_int> {
         let start = offset - offset % PAGE as u64;
         let end = (offset + src.len() as u64).div_ceil(PAGE as u64) * PAGE as u64;
@@ -487,7 +530,10 @@ fn tracked_pwrite(fd: c_int, t: Tracked, src: &[u8], offset: u64) -> ssize_t {
             }
             s[head..head + src.len()].copy_from_slice(src);
             if let Some(salt) = salt {
-                encrypt_write(t.kind, s, start, salt).map_err(|_| libc::EIO)?;
+                encrypt_write(t.kind, s, start, salt).map_err(|e| {
+                    report_unwritable(&e);
+                    libc::EIO
+                })?;
             }
             pwrite_full(fd, s, start)
         })
@@ -692,4 +738,118 @@ pub fn wrappers() -> [(&'static str, usize, bool); 8] {
             false,
         ),
     ]
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use std::ffi::CString;
+
+    use pgrx::prelude::*;
+
+    use super::*;
+
+    const MARKER: &[u8] = b"tde-wal-writer-refusal-marker";
+
+    /// A short-header WAL page at `pageaddr` whose record area is full of
+    /// the marker.
+    fn wal_page(magic: u16, pageaddr: u64, timeline: u32) -> Vec<u8> {
+        let mut page = vec![0u8; PAGE];
+        page[0..2].copy_from_slice(&magic.to_le_bytes());
+        page[4..8].copy_from_slice(&timeline.to_le_bytes());
+        page[8..16].copy_from_slice(&pageaddr.to_le_bytes());
+        for chunk in page[24..].chunks_mut(MARKER.len()) {
+            chunk.copy_from_slice(&MARKER[..chunk.len()]);
+        }
+        page
+    }
+
+    fn holds_marker(path: &str) -> bool {
+        let stored = std::fs::read(path).unwrap_or_default();
+        stored.windows(MARKER.len()).any(|w| w == MARKER)
+    }
+
+    #[pg_test]
+    fn the_wal_writer_never_writes_a_page_it_cannot_encrypt() {
+        let size = segment_size();
+        let (timeline, segno) = (0x7Fu32, 3u64);
+        let per_log = 0x1_0000_0000 / size;
+        let name = format!(
+            "pg_wal/{timeline:08X}{:08X}{:08X}",
+            segno / per_log,
+            segno % per_log
+        );
+        let c_name = CString::new(name.clone()).unwrap();
+        // SAFETY: a NUL-terminated path; the descriptor is closed below.
+        let fd = unsafe { tde_open(c_name.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600) };
+        assert!(fd >= 0, "open {name}: errno {}", errno());
+        assert!(is_tracked(fd), "{name} is not taken for a WAL segment");
+
+        let at = PAGE as u64;
+        let addr = segno * size + at;
+        let magic = pg_sys::XLOG_PAGE_MAGIC as u16;
+        let mut salted = wal_page(magic, addr, timeline);
+        salted[20..24].copy_from_slice(&[0, 7, 0, 0]);
+        let refused = [
+            ("a foreign magic", wal_page(0x1234, addr, timeline)),
+            ("another address", wal_page(magic, addr + at, timeline)),
+            ("non-zero padding", salted),
+        ];
+        for (what, page) in refused {
+            // SAFETY: `page` holds PAGE bytes.
+            let n = unsafe { tde_pwrite(fd, page.as_ptr().cast(), PAGE, at as off_t) };
+            assert_eq!(n, -1, "a page with {what} was written");
+            assert_eq!(errno(), libc::EIO, "a page with {what}");
+            assert!(!holds_marker(&name), "a page with {what} reached the disk");
+        }
+
+        // The control: a page the server could write is written, encrypted,
+        // and reads back as it was.
+        let page = wal_page(magic, addr, timeline);
+        // SAFETY: `page` holds PAGE bytes.
+        let n = unsafe { tde_pwrite(fd, page.as_ptr().cast(), PAGE, at as off_t) };
+        assert_eq!(
+            n,
+            PAGE as ssize_t,
+            "a valid page was refused: errno {}",
+            errno()
+        );
+        assert!(
+            !holds_marker(&name),
+            "the valid page is stored in plaintext"
+        );
+        let mut back = vec![0u8; PAGE];
+        // SAFETY: `back` holds PAGE bytes.
+        let n = unsafe { tde_pread(fd, back.as_mut_ptr().cast(), PAGE, at as off_t) };
+        assert_eq!(n, PAGE as ssize_t);
+        assert!(back == page, "the valid page does not read back as written");
+
+        // SAFETY: the descriptor opened above.
+        unsafe { tde_close(fd) };
+        std::fs::remove_file(&name).unwrap();
+    }
+
+    /// A new timeline's history file goes through `xlogtemp.*` like a new
+    /// segment; it is text, not WAL, and is written as it is.
+    #[pg_test]
+    fn a_history_file_written_through_xlogtemp_stays_as_written() {
+        let name = "pg_wal/xlogtemp.987654";
+        let c_name = CString::new(name).unwrap();
+        // SAFETY: a NUL-terminated path; the descriptor is closed below.
+        let fd = unsafe { tde_open(c_name.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600) };
+        assert!(fd >= 0 && is_tracked(fd), "xlogtemp is not tracked");
+        let lines: [&[u8]; 2] = [
+            b"1\t0/4017858\tno recovery target specified\n",
+            b"2\t0/5000000\tat restore point \"r\"\n",
+        ];
+        for line in lines {
+            // SAFETY: `line` holds that many bytes.
+            let n = unsafe { tde_write(fd, line.as_ptr().cast(), line.len()) };
+            assert_eq!(n, line.len() as ssize_t, "errno {}", errno());
+        }
+        // SAFETY: the descriptor opened above.
+        unsafe { tde_close(fd) };
+        assert_eq!(std::fs::read(name).unwrap(), lines.concat());
+        std::fs::remove_file(name).unwrap();
+    }
 }

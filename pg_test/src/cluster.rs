@@ -330,9 +330,18 @@ impl Cluster {
     /// Starts the server; on failure returns pg_ctl's output and what the
     /// server logged during this attempt.
     pub fn try_start(&self) -> Result<(), String> {
+        self.try_start_with(&[])
+    }
+
+    /// [`Cluster::try_start`] with more `pg_ctl start` options (`-c` lifts
+    /// the core file size limit).
+    pub fn try_start_with(&self, pg_ctl_options: &[&str]) -> Result<(), String> {
         let before = self.log_len();
         let mut cmd = self.pg_ctl();
-        cmd.args(["start", "-w", "-t", "120", "-l"]).arg(&self.log);
+        cmd.args(["start", "-w", "-t", "120"])
+            .args(pg_ctl_options)
+            .arg("-l")
+            .arg(&self.log);
         let out = os::run(&mut cmd, None, Duration::from_secs(180));
         if out.success() {
             return Ok(());

@@ -287,6 +287,64 @@ fn refuses_missing_keyring_directory() {
     assert_recovers(&c, &fingerprint);
 }
 
+/// The bytes of every file directly under `dir`, by name.
+fn files_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("entry"))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                read(&e.path()),
+            )
+        })
+        .collect()
+}
+
+/// With `tde.data_encryption = off` the WAL is all that is encrypted, and
+/// after a crash before any checkpoint the rows exist only there. A lost
+/// keyring must still be refused (a fresh one would make recovery take the
+/// encrypted WAL for its end and lose the rows), and nothing is written.
+#[test]
+fn refuses_missing_keyring_when_only_wal_is_encrypted() {
+    let dir = TestDir::new();
+    let key = dir.key_file("principal", &random_key_hex(), 0o600);
+    let c = Cluster::new(&dir, "main", ClusterOptions::with_key_file(&key));
+    c.set("tde.data_encryption", "off");
+    c.set("checkpoint_timeout", "'1h'");
+    c.start();
+    c.psql(
+        "CREATE EXTENSION tde;
+         CREATE TABLE t(id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g;",
+    );
+    assert!(tde::status(&c).wal_encryption, "WAL encryption is off");
+    c.kill9();
+    let saved = read(&c.keyring_path());
+    std::fs::remove_dir_all(c.keyring_dir()).expect("remove pg_tde");
+    let pg_wal = c.data_dir().join("pg_wal");
+    let wal_before = files_of(&pg_wal);
+
+    // The relation files hold no encrypted page: the WAL is the evidence.
+    assert_refuses(&c, "WAL page at offset");
+    assert_no_keyring(&c);
+    assert!(
+        files_of(&pg_wal) == wal_before,
+        "a refused start changed pg_wal"
+    );
+
+    std::fs::create_dir(c.keyring_dir()).expect("mkdir pg_tde");
+    pg_test::os::chown_to_server(&c.keyring_dir());
+    pg_test::os::write_file(&c.keyring_path(), &saved, 0o600);
+    c.start();
+    assert_eq!(
+        c.psql("SELECT count(*), sum(length(v)) FROM t"),
+        "5000|160000"
+    );
+    c.stop();
+}
+
 #[test]
 fn refuses_missing_keyring_file() {
     let dir = TestDir::new();

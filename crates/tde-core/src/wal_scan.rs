@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::wal::{SegmentSalt, WalPageHeader, WAL_PAGE_SIZE};
 
@@ -119,6 +119,80 @@ pub fn wal_generations_with(
     Ok(out)
 }
 
+/// An encrypted WAL page found in `pg_wal`: the file, the page's offset in
+/// it, and the data key generation its salt names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncryptedWalPage {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub generation: u8,
+}
+
+/// Whether `page` is a WAL page that tde encrypted: a PostgreSQL WAL page
+/// header (a magic number of the `0xD1xx` family every supported major
+/// version uses, a page-aligned `xlp_pageaddr`) with a segment salt in its
+/// padding. PostgreSQL writes that padding as zeros, and the files it
+/// zero-fills or copies into `pg_wal` hold no such header, so a plaintext
+/// cluster never shows one.
+fn is_encrypted_wal_page(page: &[u8]) -> Option<u8> {
+    let header = WalPageHeader::parse(page)?;
+    let looks_like_wal = header.magic >> 8 == 0xD1 && header.pageaddr % WAL_PAGE_SIZE as u64 == 0;
+    looks_like_wal
+        .then(|| SegmentSalt::from_page(page))
+        .flatten()
+        .map(|salt| salt.generation())
+}
+
+/// The first encrypted WAL page in any file directly under `pg_wal`, live
+/// or not: recycled segments keep the pages they held under their new
+/// names, and they too prove that a keyring once encrypted this WAL. Files
+/// removed while the scan runs are skipped.
+pub fn find_encrypted_wal_page(pg_wal: &Path) -> std::io::Result<Option<EncryptedWalPage>> {
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(pg_wal) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.path())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    names.sort();
+    let mut buf = vec![0u8; 64 * WAL_PAGE_SIZE];
+    for path in names {
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut offset = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = file.read(&mut buf[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            for page in buf[..filled - filled % WAL_PAGE_SIZE].chunks_exact(WAL_PAGE_SIZE) {
+                if let Some(generation) = is_encrypted_wal_page(page) {
+                    return Ok(Some(EncryptedWalPage {
+                        file: path,
+                        offset,
+                        generation,
+                    }));
+                }
+                offset += WAL_PAGE_SIZE as u64;
+            }
+            if filled < buf.len() {
+                break;
+            }
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +207,39 @@ mod tests {
         p[8..16].copy_from_slice(&pageaddr.to_le_bytes());
         p[20..24].copy_from_slice(&salt);
         p
+    }
+
+    #[test]
+    fn any_encrypted_page_of_any_file_is_found() {
+        let dir = std::env::temp_dir().join(format!("tde-wal-find-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("archive_status")).unwrap();
+        assert_eq!(find_encrypted_wal_page(&dir.join("missing")).unwrap(), None);
+        // Plaintext WAL, a zero-filled segment, a history file, a text file
+        // whose bytes 20..24 are not zero: nothing encrypted.
+        let plain: Vec<u8> = [page(3 * SEG, [0; 4]), page(3 * SEG + 8192, [0; 4])].concat();
+        std::fs::write(dir.join("000000010000000000000003"), &plain).unwrap();
+        std::fs::write(dir.join("000000010000000000000004"), vec![0u8; 4 * 8192]).unwrap();
+        std::fs::write(dir.join("00000002.history"), vec![b'x'; 8192]).unwrap();
+        let mut not_wal = page(0, [3, 1, 2, 3]);
+        not_wal[0..2].copy_from_slice(b"ab");
+        std::fs::write(dir.join("xlogtemp.123"), &not_wal).unwrap();
+        let unaligned = page(SEG + 100, [3, 1, 2, 3]);
+        std::fs::write(dir.join("000000010000000000000009"), &unaligned).unwrap();
+        assert_eq!(find_encrypted_wal_page(&dir).unwrap(), None);
+        // A recycled segment: its second page is encrypted and names
+        // another segment's position; found all the same.
+        let recycled: Vec<u8> = [page(SEG, [0; 4]), page(SEG + 8192, [5, 1, 2, 3])].concat();
+        std::fs::write(dir.join("000000010000000000000007"), recycled).unwrap();
+        let found = find_encrypted_wal_page(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            found,
+            Some(EncryptedWalPage {
+                file: dir.join("000000010000000000000007"),
+                offset: 8192,
+                generation: 5,
+            })
+        );
     }
 
     #[test]

@@ -43,6 +43,14 @@ const USAGE: &str = "usage:
   tdectl prepare-upgrade (--pgdata OLD | --keyring FILE) (--key-file F | --key-command CMD) NEW_PGDATA";
 
 fn main() -> ExitCode {
+    // tdectl holds principal, keyring and data keys in memory: a core dump
+    // of it must not be written anywhere.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("tdectl: cannot keep keys out of core dumps (prctl PR_SET_DUMPABLE): {e}");
+        return ExitCode::FAILURE;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
