@@ -171,6 +171,24 @@ fn create_keyring(
             "If the old cluster is encrypted, run tdectl prepare-upgrade for the new cluster first; if it is plaintext, start the new cluster once with tde before running pg_upgrade."
         );
     }
+    // Archive recovery and standbys replay WAL that is not in pg_wal yet: an
+    // archive or a primary may hold it encrypted under the keys of the
+    // keyring this data directory lost, and a new keyring (generation 1
+    // again, another key) would make the replay take it for the end of WAL.
+    if let Some(signal) = ["recovery.signal", "standby.signal"]
+        .into_iter()
+        .find(|f| pgdata.join(f).exists())
+    {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "tde: refusing to create a keyring for a server that starts recovery (\"{signal}\" exists, \"{}\" is missing)",
+                path.display()
+            ),
+            "The WAL it will replay may be encrypted under the keys of the cluster this data directory comes from: put that cluster's pg_tde/keyring.json in place (a base backup carries it). If the primary does not run tde, start it with tde first and take the base backup after that."
+        );
+    }
     match scan::find_encrypted_page(pgdata) {
         Ok(Some((file, block))) => missing(format!(
             "page {block} of \"{}\" is encrypted",

@@ -481,12 +481,13 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
     })
 }
 
-/// The start of a timeline history file: lines of "<timeline>\t<LSN>\t<reason>",
-/// text without NUL bytes. A WAL page starts with its magic number, whose
-/// low byte is no digit, or with zeros.
+/// The first write of a timeline history file. History files are text
+/// (timeline, LSN and reason lines, blank lines and `#` comments, copied
+/// verbatim from the parent's) and never hold a NUL byte, while every first
+/// write of a WAL file through `xlogtemp.*` does: zero-fill, or a page whose
+/// header has zero padding.
 fn is_history_text(src: &[u8]) -> bool {
-    let digits = src.iter().take_while(|b| b.is_ascii_digit()).count();
-    digits > 0 && src.get(digits) == Some(&b'\t') && !src.contains(&0)
+    !src.is_empty() && !src.contains(&0)
 }
 
 /// Writes `src` at `offset` of a tracked descriptor, encrypting whole pages;
@@ -838,7 +839,8 @@ mod tests {
         // SAFETY: a NUL-terminated path; the descriptor is closed below.
         let fd = unsafe { tde_open(c_name.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600) };
         assert!(fd >= 0 && is_tracked(fd), "xlogtemp is not tracked");
-        let lines: [&[u8]; 2] = [
+        let lines: [&[u8]; 3] = [
+            b"# edited by hand\n\n",
             b"1\t0/4017858\tno recovery target specified\n",
             b"2\t0/5000000\tat restore point \"r\"\n",
         ];

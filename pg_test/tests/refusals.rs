@@ -345,6 +345,36 @@ fn refuses_missing_keyring_when_only_wal_is_encrypted() {
     c.stop();
 }
 
+/// A base backup restored without its keyring, to recover from an
+/// archive: with `-X stream` its pg_wal holds only plaintext WAL and, with
+/// `tde.data_encryption = off`, no page is encrypted, so nothing on disk
+/// shows that the archive is encrypted. A new keyring would give
+/// generation 1 another key and recovery would take the archive for the
+/// end of WAL; the start is refused instead, for recovery and standby alike.
+#[test]
+fn refuses_to_create_a_keyring_for_recovery() {
+    let dir = TestDir::new();
+    let key = dir.key_file("principal", &random_key_hex(), 0o600);
+    let c = Cluster::new(&dir, "main", ClusterOptions::with_key_file(&key));
+    c.set("tde.data_encryption", "off");
+    c.start();
+    c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let restored = Cluster::from_base_backup(&c, "restored", &["-X", "stream"]);
+    c.stop();
+    std::fs::remove_dir_all(restored.keyring_dir()).expect("remove pg_tde");
+    for signal in ["recovery.signal", "standby.signal"] {
+        let file = restored.data_dir().join(signal);
+        pg_test::os::write_file(&file, b"", 0o600);
+        let err = assert_refuses(&restored, "refusing to create a keyring");
+        assert!(
+            err.contains(signal),
+            "the refusal does not name {signal}:\n{err}"
+        );
+        assert_no_keyring(&restored);
+        std::fs::remove_file(&file).expect("remove the signal file");
+    }
+}
+
 #[test]
 fn refuses_missing_keyring_file() {
     let dir = TestDir::new();

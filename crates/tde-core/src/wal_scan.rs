@@ -143,20 +143,24 @@ fn is_encrypted_wal_page(page: &[u8]) -> Option<u8> {
         .map(|salt| salt.generation())
 }
 
-/// The first encrypted WAL page in any file directly under `pg_wal`, live
-/// or not: recycled segments keep the pages they held under their new
-/// names, and they too prove that a keyring once encrypted this WAL. Files
-/// removed while the scan runs are skipped.
+/// The first encrypted WAL page in any file directly under `pg_wal` (or a
+/// symbolic link to one), live or not: recycled segments keep the pages they
+/// held under their new names, and they too prove that a keyring once
+/// encrypted this WAL. A trailing partial page is looked at too. Files
+/// removed while the scan runs are skipped; every other failure (a missing
+/// or unreadable `pg_wal`, say an unmounted WAL volume) is an error, since
+/// "nothing found" would allow a new keyring.
 pub fn find_encrypted_wal_page(pg_wal: &Path) -> std::io::Result<Option<EncryptedWalPage>> {
-    let mut names: Vec<PathBuf> = match std::fs::read_dir(pg_wal) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .map(|e| e.path())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(pg_wal)? {
+        let path = entry?.path();
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => names.push(path),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
     names.sort();
     let mut buf = vec![0u8; 64 * WAL_PAGE_SIZE];
     for path in names {
@@ -175,7 +179,7 @@ pub fn find_encrypted_wal_page(pg_wal: &Path) -> std::io::Result<Option<Encrypte
                 }
                 filled += n;
             }
-            for page in buf[..filled - filled % WAL_PAGE_SIZE].chunks_exact(WAL_PAGE_SIZE) {
+            for page in buf[..filled].chunks(WAL_PAGE_SIZE) {
                 if let Some(generation) = is_encrypted_wal_page(page) {
                     return Ok(Some(EncryptedWalPage {
                         file: path,
@@ -213,7 +217,10 @@ mod tests {
     fn any_encrypted_page_of_any_file_is_found() {
         let dir = std::env::temp_dir().join(format!("tde-wal-find-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("archive_status")).unwrap();
-        assert_eq!(find_encrypted_wal_page(&dir.join("missing")).unwrap(), None);
+        assert!(
+            find_encrypted_wal_page(&dir.join("missing")).is_err(),
+            "a missing pg_wal must not read as one without encrypted pages"
+        );
         // Plaintext WAL, a zero-filled segment, a history file, a text file
         // whose bytes 20..24 are not zero: nothing encrypted.
         let plain: Vec<u8> = [page(3 * SEG, [0; 4]), page(3 * SEG + 8192, [0; 4])].concat();
@@ -228,6 +235,14 @@ mod tests {
         assert_eq!(find_encrypted_wal_page(&dir).unwrap(), None);
         // A recycled segment: its second page is encrypted and names
         // another segment's position; found all the same.
+        // A half-copied file: its only, partial page is encrypted.
+        let partial = page(2 * SEG, [6, 1, 2, 3]);
+        std::fs::write(dir.join("000000010000000000000008"), &partial[..100]).unwrap();
+        assert_eq!(
+            find_encrypted_wal_page(&dir).unwrap().map(|f| f.generation),
+            Some(6)
+        );
+        std::fs::remove_file(dir.join("000000010000000000000008")).unwrap();
         let recycled: Vec<u8> = [page(SEG, [0; 4]), page(SEG + 8192, [5, 1, 2, 3])].concat();
         std::fs::write(dir.join("000000010000000000000007"), recycled).unwrap();
         let found = find_encrypted_wal_page(&dir).unwrap();
