@@ -302,6 +302,14 @@ fn files_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// A cluster (not started) whose WAL is encrypted but whose pages are not.
+fn wal_only_cluster(dir: &TestDir) -> Cluster {
+    let key = dir.key_file("principal", &random_key_hex(), 0o600);
+    let c = Cluster::new(dir, "main", ClusterOptions::with_key_file(&key));
+    c.set("tde.data_encryption", "off");
+    c
+}
+
 /// With `tde.data_encryption = off` the WAL is all that is encrypted, and
 /// after a crash before any checkpoint the rows exist only there. A lost
 /// keyring must still be refused (a fresh one would make recovery take the
@@ -309,9 +317,7 @@ fn files_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 #[test]
 fn refuses_missing_keyring_when_only_wal_is_encrypted() {
     let dir = TestDir::new();
-    let key = dir.key_file("principal", &random_key_hex(), 0o600);
-    let c = Cluster::new(&dir, "main", ClusterOptions::with_key_file(&key));
-    c.set("tde.data_encryption", "off");
+    let c = wal_only_cluster(&dir);
     c.set("checkpoint_timeout", "'1h'");
     c.start();
     c.psql(
@@ -354,9 +360,7 @@ fn refuses_missing_keyring_when_only_wal_is_encrypted() {
 #[test]
 fn refuses_to_create_a_keyring_for_recovery() {
     let dir = TestDir::new();
-    let key = dir.key_file("principal", &random_key_hex(), 0o600);
-    let c = Cluster::new(&dir, "main", ClusterOptions::with_key_file(&key));
-    c.set("tde.data_encryption", "off");
+    let c = wal_only_cluster(&dir);
     c.start();
     c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
     let restored = Cluster::from_base_backup(&c, "restored", &["-X", "stream"]);

@@ -27,14 +27,9 @@ pub fn segment_number(name: &str, segment_size: u64) -> Option<u64> {
     log.checked_mul(per_log)?.checked_add(seg)
 }
 
-/// The generations of the live encrypted pages of one segment file.
-pub fn segment_generations(
-    path: &Path,
-    segment: u64,
-    segment_size: u64,
-) -> std::io::Result<BTreeSet<u8>> {
-    let mut file = File::open(path)?;
-    let mut found = BTreeSet::new();
+/// Calls `f` with the byte offset and the bytes of every page of `file`, in
+/// order, the last one possibly partial, until `f` returns `false`.
+fn for_each_wal_page(mut file: File, mut f: impl FnMut(u64, &[u8]) -> bool) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * WAL_PAGE_SIZE];
     let mut offset = 0u64;
     loop {
@@ -46,21 +41,38 @@ pub fn segment_generations(
             }
             filled += n;
         }
-        for page in buf[..filled - filled % WAL_PAGE_SIZE].chunks_exact(WAL_PAGE_SIZE) {
-            let live = WalPageHeader::parse(page).is_some_and(|h| {
-                Some(h.pageaddr) == segment.checked_mul(segment_size).map(|s| s + offset)
-            });
-            if live {
-                if let Some(salt) = SegmentSalt::from_page(page) {
-                    found.insert(salt.generation());
-                }
+        for page in buf[..filled].chunks(WAL_PAGE_SIZE) {
+            if !f(offset, page) {
+                return Ok(());
             }
             offset += WAL_PAGE_SIZE as u64;
         }
         if filled < buf.len() {
-            return Ok(found);
+            return Ok(());
         }
     }
+}
+
+/// The generations of the live encrypted pages of one segment file.
+pub fn segment_generations(
+    path: &Path,
+    segment: u64,
+    segment_size: u64,
+) -> std::io::Result<BTreeSet<u8>> {
+    let mut found = BTreeSet::new();
+    for_each_wal_page(File::open(path)?, |offset, page| {
+        let live = page.len() == WAL_PAGE_SIZE
+            && WalPageHeader::parse(page).is_some_and(|h| {
+                Some(h.pageaddr) == segment.checked_mul(segment_size).map(|s| s + offset)
+            });
+        if live {
+            if let Some(salt) = SegmentSalt::from_page(page) {
+                found.insert(salt.generation());
+            }
+        }
+        true
+    })?;
+    Ok(found)
 }
 
 /// The segment size recorded in the long header of the first segment file
@@ -162,36 +174,23 @@ pub fn find_encrypted_wal_page(pg_wal: &Path) -> std::io::Result<Option<Encrypte
         }
     }
     names.sort();
-    let mut buf = vec![0u8; 64 * WAL_PAGE_SIZE];
     for path in names {
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let mut offset = 0u64;
-        loop {
-            let mut filled = 0;
-            while filled < buf.len() {
-                let n = file.read(&mut buf[filled..])?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            for page in buf[..filled].chunks(WAL_PAGE_SIZE) {
-                if let Some(generation) = is_encrypted_wal_page(page) {
-                    return Ok(Some(EncryptedWalPage {
-                        file: path,
-                        offset,
-                        generation,
-                    }));
-                }
-                offset += WAL_PAGE_SIZE as u64;
-            }
-            if filled < buf.len() {
-                break;
-            }
+        let mut found = None;
+        for_each_wal_page(file, |offset, page| {
+            found = is_encrypted_wal_page(page).map(|generation| (offset, generation));
+            found.is_none()
+        })?;
+        if let Some((offset, generation)) = found {
+            return Ok(Some(EncryptedWalPage {
+                file: path,
+                offset,
+                generation,
+            }));
         }
     }
     Ok(None)
