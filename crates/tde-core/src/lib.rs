@@ -21,5 +21,6 @@ pub mod scan;
 pub mod verify;
 pub mod wal;
 pub mod wal_scan;
+pub mod xts;
 
 pub use error::{Error, Result};
