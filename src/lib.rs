@@ -11,7 +11,6 @@ mod attach;
 mod core_dumps;
 mod data_keys;
 mod errors;
-mod fake_lsn;
 mod guc;
 mod keyring_io;
 mod keys;
@@ -43,12 +42,12 @@ pub extern "C-unwind" fn _PG_init() {
         );
     }
     guc::register();
+    startup::require_full_page_writes();
     // Before the first key is fetched.
     core_dumps::protect();
     state::install(startup::load_keys());
     attach::attach_storage_manager();
     attach::attach_wal_io();
-    fake_lsn::init();
     rotation::init();
     keys::init();
     log!(

@@ -53,7 +53,10 @@ fn rewrite_block(rf: &RelationFile, block: u64, logged: bool) {
         pg_sys::CritSectionCount += 1;
         pg_sys::MarkBufferDirty(buf);
         if logged {
-            pg_sys::log_newpage_buffer(buf, true);
+            // Free space map and visibility map pages keep their contents
+            // where a standard page has its hole: log them whole.
+            let standard = matches!(rf.fork, ForkKind::Main | ForkKind::Init);
+            pg_sys::log_newpage_buffer(buf, standard);
         }
         pg_sys::CritSectionCount -= 1;
         pg_sys::FlushOneBuffer(buf);

@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use pgrx::pg_sys::{self, BlockNumber, ForkNumber, SMgrRelation};
-use tde_core::nonce::NonceSource;
-use tde_core::page::{Page, WriteOutcome, WriteParams, PAGE_SIZE};
+use tde_core::page::{
+    is_all_zero, page_lsn, plan_rewrite, Mode, Page, RewritePlan, WriteOutcome, WriteParams,
+    PAGE_SIZE,
+};
 
 use crate::attach::compat::StorageId;
 use crate::relpath::fork_kind;
-use crate::{errors, fake_lsn, guc, keys};
+use crate::{errors, guc, keys, startup};
 
 #[cfg(feature = "pg15")]
 #[path = "smgr_hooks/pg15.rs"]
@@ -53,7 +55,9 @@ struct AlignedPage(Page);
 
 thread_local! {
     static WRITE_PAGES: RefCell<Vec<Box<AlignedPage>>> = const { RefCell::new(Vec::new()) };
-    static NONCES: RefCell<NonceSource> = const { RefCell::new(NonceSource::new()) };
+    /// Where a page's version on disk is read before a rewrite that no
+    /// full-page image covers.
+    static STORED_PAGE: RefCell<Option<Box<AlignedPage>>> = const { RefCell::new(None) };
 }
 
 static CHECKSUMS: OnceLock<bool> = OnceLock::new();
@@ -74,7 +78,7 @@ fn relation_path(reln: SMgrRelation, forknum: ForkNumber::Type) -> String {
 /// caller owns exclusively while the read is in progress).
 ///
 /// # Safety
-/// `buffer` points at a whole page the caller may write.
+/// `reln` is live; `buffer` points at a whole page the caller may write.
 unsafe fn decrypt_read(
     reln: SMgrRelation,
     forknum: ForkNumber::Type,
@@ -82,39 +86,126 @@ unsafe fn decrypt_read(
     buffer: *mut c_char,
 ) {
     // SAFETY: per the contract.
-    let page = unsafe { &mut *(buffer as *mut Page) };
-    if let Err(e) = keys::current()
-        .page
-        .decrypt(page, blocknum, checksums_enabled())
+    let (page, storage) = unsafe { (&mut *(buffer as *mut Page), StorageId::of_smgr(reln)) };
+    if let Err(e) =
+        keys::current()
+            .page
+            .decrypt(page, blocknum, storage.relfilenode, checksums_enabled())
     {
         errors::raise(
             &format!(
                 "cannot decrypt block {blocknum} of \"{}\"",
-                relation_path(reln, forknum)
+                storage.fork_path(forknum)
             ),
             &e,
         );
     }
 }
 
+/// How one page is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Store {
+    Plaintext,
+    Encrypt { mode: Mode, generation: u8 },
+}
+
+/// What a write is, for choosing how to store its pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A temporary relation, or a fork of an unlogged relation other than
+    /// its init fork: a crash removes or resets it, so no torn write of it
+    /// is ever read.
+    Transient,
+    /// A new block of a relation that survives a crash (extend).
+    NewBlock,
+    /// An existing block of a relation that survives a crash.
+    Rewrite,
+}
+
+/// How a page is stored (see `docs/format/pages.md`):
+///
+/// - transient relations: wide mode, fresh, under the current generation;
+/// - new blocks, and rewrites that a full-page image in WAL after the last
+///   checkpoint covers (`protected`): XTS mode under the current
+///   generation;
+/// - other rewrites: what `plan` (the version on disk compared with the
+///   page's LSN) says, so that a torn write changes only the bytes
+///   PostgreSQL changed.
+///
+/// With data encryption off, what would be encrypted afresh is written in
+/// plaintext; a rewrite keeps an encrypted version encrypted.
+fn store_as(
+    encrypt: bool,
+    current: u8,
+    kind: Kind,
+    protected: bool,
+    plan: impl FnOnce() -> RewritePlan,
+) -> Store {
+    let fresh = |mode| match encrypt {
+        true => Store::Encrypt {
+            mode,
+            generation: current,
+        },
+        false => Store::Plaintext,
+    };
+    match kind {
+        Kind::Transient => fresh(Mode::Wide),
+        Kind::NewBlock => fresh(Mode::Xts),
+        Kind::Rewrite if protected => fresh(Mode::Xts),
+        Kind::Rewrite => match plan() {
+            RewritePlan::Fresh => fresh(Mode::Xts),
+            RewritePlan::KeepPlaintext => Store::Plaintext,
+            RewritePlan::KeepGeneration(generation) => Store::Encrypt {
+                mode: Mode::Xts,
+                generation,
+            },
+        },
+    }
+}
+
+/// Whether a write of a page with LSN `lsn` is covered by a full-page
+/// image in WAL after the redo point crash recovery would start from: the
+/// page was then changed, with WAL, after the checkpoint that began last
+/// (whose redo pointer is at least that of the last completed one), and
+/// PostgreSQL logs a full-page image with the first change of a page after
+/// a checkpoint's redo pointer.
+fn protected_by_full_page_image(lsn: u64) -> bool {
+    // SAFETY: plain reads of a server variable and of the redo pointer
+    // under its spinlock, both valid in every process.
+    unsafe { pg_sys::fullPageWrites && lsn > pg_sys::GetRedoRecPtr() }
+}
+
+/// Whether `storage`'s relation is unlogged: it has an init fork.
+fn is_unlogged(storage: &StorageId, forknum: ForkNumber::Type) -> bool {
+    forknum != ForkNumber::INIT_FORKNUM
+        && std::fs::metadata(startup::data_dir().join(storage.fork_path(ForkNumber::INIT_FORKNUM)))
+            .is_ok()
+}
+
 /// Calls `write` with the pages to store in place of `buffers` (written at
 /// `blocknum`, `blocknum + 1`, …): encrypted private copies, or the
-/// buffers themselves when data encryption is off (and for all-zero pages,
-/// which are stored as they are). New writes cannot switch data key
-/// generation until `write` has returned.
+/// buffers themselves where a page is stored in plaintext (all-zero pages
+/// are stored as they are). `rewrite` is true when the blocks exist on disk
+/// (write, not extend). New writes cannot switch data key generation until
+/// `write` has returned.
 ///
 /// # Safety
-/// Each buffer points at BLCKSZ readable bytes.
+/// `reln` is live; each buffer points at BLCKSZ readable bytes.
 unsafe fn with_encrypted<R>(
     reln: SMgrRelation,
     forknum: ForkNumber::Type,
     blocknum: BlockNumber,
     buffers: &[*const c_char],
+    rewrite: bool,
     write: impl FnOnce(&[*const c_char]) -> R,
 ) -> R {
-    if !guc::DATA_ENCRYPTION.get() {
+    let encrypt = guc::DATA_ENCRYPTION.get();
+    if !encrypt && !rewrite {
         return write(buffers);
     }
+    // SAFETY: per the contract.
+    let storage = unsafe { StorageId::of_smgr(reln) };
+    let mut kind = None;
     // Held until `write` has returned: see `keys`.
     let guard = keys::for_write();
     WRITE_PAGES.with(|cell| {
@@ -125,26 +216,53 @@ unsafe fn with_encrypted<R>(
         let mut targets = Vec::with_capacity(buffers.len());
         for (i, (&src, copy)) in buffers.iter().zip(pages.iter_mut()).enumerate() {
             let block = blocknum + i as BlockNumber;
-            let nonce = NONCES.with(|n| n.borrow_mut().next_u16());
-            let nonce = nonce.unwrap_or_else(|e| errors::raise("cannot draw a page nonce", &e));
-            let params = WriteParams {
-                block,
-                fork: fork_kind(forknum),
-                generation: guard.generation(),
-                nonce,
-                checksums: checksums_enabled(),
-            };
             // SAFETY: src points at BLCKSZ readable bytes; other backends may
             // change hint bits concurrently, which only affects those bits of
             // the copy (PostgreSQL itself copies such buffers the same way).
             unsafe {
                 std::ptr::copy_nonoverlapping(src as *const u8, copy.0.as_mut_ptr(), PAGE_SIZE)
             };
-            match guard
-                .keys
-                .page
-                .encrypt_in_place(&mut copy.0, &params, fake_lsn::next)
-            {
+            if is_all_zero(&copy.0) {
+                targets.push(src);
+                continue;
+            }
+            let kind = *kind.get_or_insert_with(|| {
+                if storage.is_temporary() || is_unlogged(&storage, forknum) {
+                    Kind::Transient
+                } else if rewrite {
+                    Kind::Rewrite
+                } else {
+                    Kind::NewBlock
+                }
+            });
+            let lsn = page_lsn(&copy.0);
+            let store = store_as(
+                encrypt,
+                guard.generation(),
+                kind,
+                protected_by_full_page_image(lsn),
+                || {
+                    // SAFETY: reln is live.
+                    let stored = unsafe { read_stored(reln, forknum, block) };
+                    plan_rewrite(&stored, lsn)
+                },
+            );
+            let (mode, generation) = match store {
+                Store::Plaintext => {
+                    targets.push(src);
+                    continue;
+                }
+                Store::Encrypt { mode, generation } => (mode, generation),
+            };
+            let params = WriteParams {
+                block,
+                relfilenumber: storage.relfilenode,
+                fork: fork_kind(forknum),
+                generation,
+                mode,
+                checksums: checksums_enabled(),
+            };
+            match guard.keys.page.encrypt_in_place(&mut copy.0, &params) {
                 Ok(WriteOutcome::Encrypted) => targets.push(copy.0.as_ptr().cast::<c_char>()),
                 Ok(WriteOutcome::PassThrough) => targets.push(src),
                 Err(e) => errors::raise(
@@ -159,5 +277,25 @@ unsafe fn with_encrypted<R>(
         // The private pages are not touched again until `write` returns
         // (backends are single-threaded and the wrappers do not nest).
         write(&targets)
+    })
+}
+
+/// The version of a block on disk, as stored (not decrypted); all zeros
+/// when the block lies beyond the end of the fork (`smgrwrite` may write
+/// there, as PostgreSQL 15's `btbuildempty` does).
+///
+/// # Safety
+/// `reln` is live.
+unsafe fn read_stored(reln: SMgrRelation, forknum: ForkNumber::Type, block: BlockNumber) -> Page {
+    // SAFETY: per the contract; nblocks dispatches to md.c's, unwrapped.
+    if block >= unsafe { pg_sys::smgrnblocks(reln, forknum) } {
+        return [0; PAGE_SIZE];
+    }
+    STORED_PAGE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let page = slot.get_or_insert_with(|| Box::new(AlignedPage([0; PAGE_SIZE])));
+        // SAFETY: per the contract; the buffer is an aligned private page.
+        unsafe { version::read_raw(reln, forknum, block, page.0.as_mut_ptr().cast()) };
+        page.0
     })
 }

@@ -46,6 +46,24 @@ pub fn principal_key() -> Result<tde_core::principal::PrincipalKey, Error> {
     provider().and_then(|p| p.fetch())
 }
 
+/// Refuses to start where a torn page write could not read back the way it
+/// would without tde. Every rewrite of a page under a new LSN changes all of
+/// its stored bytes, which is safe because PostgreSQL logs a full-page image
+/// of the page first; with `full_page_writes = off` it does not (see
+/// `docs/format/pages.md`, "Torn writes").
+pub fn require_full_page_writes() {
+    // SAFETY: a plain read of a server variable set from postgresql.conf
+    // before shared_preload_libraries are loaded.
+    if !unsafe { pg_sys::fullPageWrites } {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            "tde: full_page_writes is off; tde requires it on",
+            "tde rewrites every stored byte of a page whose LSN changed, relying on the full-page image PostgreSQL logs before such a change: without it a torn write of an encrypted page cannot be read back. Set full_page_writes = on and start the server again."
+        );
+    }
+}
+
 pub fn load_keys() -> Loaded {
     let principal =
         principal_key().unwrap_or_else(|e| errors::raise("cannot obtain the principal key", &e));

@@ -141,6 +141,9 @@ impl Cluster {
         ]);
         if opts.checksums {
             initdb.arg("--data-checksums");
+        } else if os::major_of(&bin) >= 18 {
+            // Since PostgreSQL 18 initdb turns them on unless told not to.
+            initdb.arg("--no-data-checksums");
         }
         if let Some(mb) = opts.wal_segment_size_mb {
             initdb.arg(format!("--wal-segsize={mb}"));
@@ -175,6 +178,14 @@ impl Cluster {
             s.insert("log_line_prefix".into(), quote("%m [%p] "));
             if opts.preload {
                 s.insert("shared_preload_libraries".into(), quote("tde"));
+            }
+            // Another build of tde to run a test against (for example the
+            // previous release, to see a test fail on it).
+            if let Some(lib) = std::env::var_os("TDE_TEST_LIBRARY_DIR") {
+                s.insert(
+                    "dynamic_library_path".into(),
+                    quote(&format!("{}:$libdir", Path::new(&lib).display())),
+                );
             }
             match &opts.key {
                 KeySource::File(path) => {

@@ -22,7 +22,12 @@ pub fn pg_bin() -> PathBuf {
 
 /// The major version of the server in [`pg_bin`].
 pub fn server_major() -> u32 {
-    let out = Command::new(pg_bin().join("postgres"))
+    major_of(&pg_bin())
+}
+
+/// The major version of the PostgreSQL binaries in `bin`.
+pub fn major_of(bin: &Path) -> u32 {
+    let out = Command::new(bin.join("postgres"))
         .arg("--version")
         .output()
         .expect("postgres --version");

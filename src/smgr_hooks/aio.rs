@@ -186,7 +186,12 @@ unsafe fn decrypt_completed(ioh: *mut PgAioHandle, blocks: usize) -> usize {
             let page = unsafe { &mut *(v.iov_base.cast::<u8>().add(k * PAGE_SIZE) as *mut Page) };
             if keys
                 .page
-                .decrypt(page, target.blockNum + done as u32, checksums)
+                .decrypt(
+                    page,
+                    target.blockNum + done as u32,
+                    target.rlocator.relNumber.into(),
+                    checksums,
+                )
                 .is_err()
             {
                 return done;

@@ -37,6 +37,24 @@ fn original_write(which: usize) -> WriteFn {
     unsafe { std::mem::transmute::<usize, WriteFn>(original(which)) }
 }
 
+/// Reads a block as stored, without decrypting it.
+///
+/// # Safety
+/// `reln` is live, the block exists, `buffer` is a private page.
+pub unsafe fn read_raw(
+    reln: SMgrRelation,
+    forknum: ForkNumber::Type,
+    blocknum: BlockNumber,
+    buffer: *mut c_char,
+) {
+    let orig = original_read();
+    // SAFETY: per the contract; an ERROR inside becomes a Rust panic that
+    // the calling wrapper's pg_guard re-raises.
+    unsafe {
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| orig(reln, forknum, blocknum, buffer))
+    };
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn tde_smgr_read(
     reln: SMgrRelation,
@@ -72,11 +90,19 @@ unsafe fn write_through(
     // SAFETY: buffer is a whole page; the target handed to md.c is either
     // it or a private encrypted copy, both valid for the call.
     unsafe {
-        with_encrypted(reln, forknum, blocknum, &[buffer.cast_const()], |t| {
-            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-                orig(reln, forknum, blocknum, t[0].cast_mut(), skip_fsync)
-            })
-        })
+        let rewrite = which == WRITE;
+        with_encrypted(
+            reln,
+            forknum,
+            blocknum,
+            &[buffer.cast_const()],
+            rewrite,
+            |t| {
+                pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+                    orig(reln, forknum, blocknum, t[0].cast_mut(), skip_fsync)
+                })
+            },
+        )
     }
 }
 

@@ -41,6 +41,28 @@ pub fn wrapper_extend() -> usize {
     tde_smgr_extend as ExtendFn as *const () as usize
 }
 
+/// Reads a block as stored, without decrypting it.
+///
+/// # Safety
+/// `reln` is live, the block exists, `buffer` is a private page.
+pub unsafe fn read_raw(
+    reln: SMgrRelation,
+    forknum: ForkNumber::Type,
+    blocknum: BlockNumber,
+    buffer: *mut std::ffi::c_char,
+) {
+    // SAFETY: set once in the postmaster from the slot that held mdreadv.
+    let orig = unsafe { std::mem::transmute::<usize, ReadvFn>(original(READ)) };
+    let mut buffers = [buffer.cast::<c_void>()];
+    // SAFETY: per the contract; one private page. An ERROR inside becomes
+    // a Rust panic that the calling wrapper's pg_guard re-raises.
+    unsafe {
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+            orig(reln, forknum, blocknum, buffers.as_mut_ptr(), 1)
+        })
+    };
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn tde_smgr_readv(
     reln: SMgrRelation,
@@ -91,7 +113,7 @@ unsafe extern "C-unwind" fn tde_smgr_writev(
         let pages: Vec<*const c_char> = (0..nblocks as usize)
             .map(|i| (*buffers.add(i)).cast::<c_char>())
             .collect();
-        with_encrypted(reln, forknum, blocknum, &pages, |targets| {
+        with_encrypted(reln, forknum, blocknum, &pages, true, |targets| {
             pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
                 orig(
                     reln,
@@ -122,10 +144,17 @@ unsafe extern "C-unwind" fn tde_smgr_extend(
     // SAFETY: buffer is a whole page; the target handed to mdextend is it or
     // a private encrypted copy.
     unsafe {
-        with_encrypted(reln, forknum, blocknum, &[buffer.cast::<c_char>()], |t| {
-            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-                orig(reln, forknum, blocknum, t[0].cast::<c_void>(), skip_fsync)
-            })
-        })
+        with_encrypted(
+            reln,
+            forknum,
+            blocknum,
+            &[buffer.cast::<c_char>()],
+            false,
+            |t| {
+                pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+                    orig(reln, forknum, blocknum, t[0].cast::<c_void>(), skip_fsync)
+                })
+            },
+        )
     }
 }

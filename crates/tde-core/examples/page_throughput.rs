@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use tde_core::kdf::{ForkKind, Key256};
 use tde_core::keyring::Keyring;
-use tde_core::page::{PageCipher, WriteParams, PAGE_SIZE, STANDARD_SIZE_VERSION};
+use tde_core::page::{Mode, PageCipher, WriteParams, PAGE_SIZE, STANDARD_SIZE_VERSION};
 
 fn sample_page() -> Box<[u8; PAGE_SIZE]> {
     let mut p = Box::new([0u8; PAGE_SIZE]);
@@ -33,38 +33,33 @@ fn main() {
     let cipher = PageCipher::new(&ring);
     let src = sample_page();
     let mut dst = Box::new([0u8; PAGE_SIZE]);
-    let mut nonce = 0u16;
-    for checksums in [false, true] {
-        let suffix = if checksums { "_checksums" } else { "" };
-        measure(&format!("page_encrypt{suffix}"), seconds, || {
-            nonce = nonce.wrapping_add(1);
-            let p = WriteParams {
-                block: 17,
-                fork: ForkKind::Main,
-                generation: 1,
-                nonce,
-                checksums,
-            };
-            black_box(
-                cipher
-                    .encrypt(&src, &mut dst, &p, || unreachable!())
-                    .unwrap(),
-            );
-        });
-        let mut encrypted = Box::new([0u8; PAGE_SIZE]);
+    for (mode, checksums) in [
+        (Mode::Xts, false),
+        (Mode::Xts, true),
+        (Mode::Wide, false),
+        (Mode::Wide, true),
+    ] {
+        let suffix = format!(
+            "_{}{}",
+            mode.name(),
+            if checksums { "_checksums" } else { "" }
+        );
         let p = WriteParams {
             block: 17,
+            relfilenumber: 16384,
             fork: ForkKind::Main,
             generation: 1,
-            nonce: 5,
+            mode,
             checksums,
         };
-        cipher
-            .encrypt(&src, &mut encrypted, &p, || unreachable!())
-            .unwrap();
+        measure(&format!("page_encrypt{suffix}"), seconds, || {
+            black_box(cipher.encrypt(&src, &mut dst, &p).unwrap());
+        });
+        let mut encrypted = Box::new([0u8; PAGE_SIZE]);
+        cipher.encrypt(&src, &mut encrypted, &p).unwrap();
         measure(&format!("page_decrypt{suffix}"), seconds, || {
             dst.copy_from_slice(&encrypted[..]);
-            black_box(cipher.decrypt(&mut dst, 17, checksums).unwrap());
+            black_box(cipher.decrypt(&mut dst, 17, 16384, checksums).unwrap());
         });
     }
 }

@@ -74,7 +74,8 @@ fn expand(ikm: &Key256, salt: &[u8], info: &[&[u8]]) -> Key256 {
     out
 }
 
-/// Page key for one fork kind: `HKDF(DEK, cluster salt, "tde/v1/page/<fork>")`.
+/// Page key of format 1 for one fork kind: `HKDF(DEK, cluster salt,
+/// "tde/v1/page/<fork>")`.
 /// Nothing here depends on relfilenode, database or tablespace, so copied
 /// files stay readable.
 pub fn page_key(dek: &Key256, cluster_salt: &[u8; 32], fork: ForkKind) -> Key256 {
@@ -83,6 +84,39 @@ pub fn page_key(dek: &Key256, cluster_salt: &[u8; 32], fork: ForkKind) -> Key256
         cluster_salt,
         &[b"tde/v1/page/", fork.name().as_bytes()],
     )
+}
+
+/// Page keys of format 2 for one fork kind, as (the wide mode's HCTR2 key,
+/// the XTS mode's K1, K2):
+///
+/// ```text
+/// wide    = HKDF-SHA256(DEK, cluster salt, "tde/v2/page/wide/<fork>", 32 bytes)
+/// K1 ‖ K2 = HKDF-SHA256(DEK, cluster salt, "tde/v2/page/xts/<fork>", 64 bytes)
+/// ```
+///
+/// Like format 1's, they depend on no relfilenode, database or tablespace
+/// OID, so copied files stay readable.
+pub fn page_keys_v2(
+    dek: &Key256,
+    cluster_salt: &[u8; 32],
+    fork: ForkKind,
+) -> (Key256, Key256, Key256) {
+    let wide = expand(
+        dek,
+        cluster_salt,
+        &[b"tde/v2/page/wide/", fork.name().as_bytes()],
+    );
+    let hk = Hkdf::<Sha256>::new(Some(cluster_salt), dek.as_bytes());
+    let mut okm = Zeroizing::new([0u8; 2 * KEY_LEN]);
+    hk.expand_multi_info(&[b"tde/v2/page/xts/", fork.name().as_bytes()], &mut okm[..])
+        .expect("64 bytes is a valid HKDF-SHA256 output length");
+    (wide, split_key(&okm[..KEY_LEN]), split_key(&okm[KEY_LEN..]))
+}
+
+fn split_key(bytes: &[u8]) -> Key256 {
+    let mut k = Key256([0; KEY_LEN]);
+    k.0.copy_from_slice(bytes);
+    k
 }
 
 /// The two XTS-AES-256 keys of one WAL segment (DESIGN §4), as
@@ -118,11 +152,7 @@ pub fn wal_keys(
         &mut okm[..],
     )
     .expect("64 bytes is a valid HKDF-SHA256 output length");
-    let mut k1 = Key256([0; KEY_LEN]);
-    let mut k2 = Key256([0; KEY_LEN]);
-    k1.0.copy_from_slice(&okm[..KEY_LEN]);
-    k2.0.copy_from_slice(&okm[KEY_LEN..]);
-    (k1, k2)
+    (split_key(&okm[..KEY_LEN]), split_key(&okm[KEY_LEN..]))
 }
 
 /// Keys protecting one wrapped copy of the data keys under a principal key:

@@ -10,10 +10,10 @@
 pub mod checksum;
 pub mod control;
 pub mod error;
+pub mod hctr2;
 pub mod kdf;
 pub mod keyring;
 pub mod keyring_v1;
-pub mod nonce;
 pub mod page;
 pub mod principal;
 pub mod provider;

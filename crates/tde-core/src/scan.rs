@@ -275,8 +275,9 @@ pub fn parse_relation_path(rel: &Path) -> Option<RelationFile> {
 }
 
 /// Blocks of one segment file (numbered from the relation's first block)
-/// that are not encrypted under `generation`: plaintext pages and pages of
-/// other generations. All-zero pages need nothing.
+/// that are not encrypted under `generation` in the current format:
+/// plaintext pages, pages of older generations and pages in format 1.
+/// All-zero pages need nothing.
 pub fn blocks_to_reencrypt(
     file: &Path,
     first_block: u64,
@@ -288,7 +289,8 @@ pub fn blocks_to_reencrypt(
             PageState::Empty => {}
             // Generations only grow: a page under a newer one than the run
             // started with (a rotation meanwhile) needs no rewrite.
-            PageState::Encrypted(mark) if mark.generation >= generation => {}
+            PageState::Encrypted(mark)
+                if mark.generation >= generation && mark.format_version() == Some(2) => {}
             _ => blocks.push(first_block + index),
         }
         true

@@ -160,4 +160,3 @@ impl XtsAes256 {
         t
     }
 }
-

@@ -8,7 +8,7 @@ use common::heap_page;
 use tde_core::checksum::{page_checksum, set_checksum};
 use tde_core::kdf::{ForkKind, Key256};
 use tde_core::keyring::Keyring;
-use tde_core::page::{PageCipher, WriteParams, PAGE_SIZE};
+use tde_core::page::{Mode, PageCipher, WriteParams, PAGE_SIZE};
 use tde_core::verify::{verify_data_dir, RELSEG_SIZE};
 
 struct Dir(PathBuf);
@@ -32,14 +32,13 @@ fn encrypted(cipher: &PageCipher, generation: u8, block: u32) -> Vec<u8> {
     let mut dst = [0u8; PAGE_SIZE];
     let p = WriteParams {
         block,
+        relfilenumber: 16384,
         fork: ForkKind::Main,
         generation,
-        nonce: 9,
+        mode: Mode::Xts,
         checksums: true,
     };
-    cipher
-        .encrypt(&heap_page(0x1000, 0), &mut dst, &p, || unreachable!())
-        .unwrap();
+    cipher.encrypt(&heap_page(0x1000, 0), &mut dst, &p).unwrap();
     dst.to_vec()
 }
 
@@ -101,5 +100,52 @@ fn counts_generations_plaintext_and_checksum_failures() {
     // Only encrypted, intact pages: clean.
     std::fs::write(d.0.join("base/5/16384"), encrypted(&cipher, 2, 0)).unwrap();
     let r = verify_data_dir(&d.0, true).unwrap();
+    assert!(r.is_clean(), "{r:?}");
+}
+
+/// A format 1 page of `base/5/<rel>` at `block`, as tde 0.2.0 wrote it.
+fn format1(cipher: &PageCipher, content: u16, block: u32, nonce: u16) -> Vec<u8> {
+    let mut page = heap_page(0x1000, 0);
+    page[8000..8002].copy_from_slice(&content.to_le_bytes());
+    cipher
+        .encrypt_format1_in_place(&mut page, block, ForkKind::Main, 1, nonce, 0, false)
+        .unwrap();
+    page.to_vec()
+}
+
+#[test]
+fn counts_formats_and_finds_format_1_pages_sharing_a_counter_block() {
+    let d = temp_dir();
+    let ring = Keyring::from_parts(1, [3; 32], [(1, Key256::from_bytes([1; 32]))]);
+    let cipher = PageCipher::new(&ring);
+    // Two relations whose block 0 has the same LSN and nonce: the same
+    // counter block. Different contents: a collision; equal contents (a
+    // copied file): none.
+    let mut a = format1(&cipher, 1, 0, 77);
+    a.extend(format1(&cipher, 1, 1, 5));
+    a.extend(encrypted(&cipher, 1, 2));
+    std::fs::write(d.0.join("base/5/16384"), &a).unwrap();
+    std::fs::write(d.0.join("base/5/16390"), format1(&cipher, 2, 0, 77)).unwrap();
+    std::fs::write(d.0.join("base/5/16391"), format1(&cipher, 1, 1, 5)).unwrap();
+    std::fs::write(d.0.join("base/5/16392"), format1(&cipher, 3, 0, 78)).unwrap();
+
+    let r = verify_data_dir(&d.0, false).unwrap();
+    assert_eq!(r.by_format.get(&1), Some(&5), "{r:?}");
+    assert_eq!(r.by_format.get(&2), Some(&1), "{r:?}");
+    assert_eq!(r.iv_collisions, 1, "{r:?}");
+    assert_eq!(
+        r.collisions,
+        vec![(
+            PathBuf::from("base/5/16390"),
+            0,
+            PathBuf::from("base/5/16384"),
+            0
+        )]
+    );
+    assert!(!r.is_clean());
+
+    std::fs::remove_file(d.0.join("base/5/16390")).unwrap();
+    let r = verify_data_dir(&d.0, false).unwrap();
+    assert_eq!(r.iv_collisions, 0, "{r:?}");
     assert!(r.is_clean(), "{r:?}");
 }

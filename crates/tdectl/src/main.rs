@@ -13,8 +13,9 @@
 //! PostgreSQL wrote (for pg_waldump or a plaintext archive); `wal encrypt`
 //! does the reverse with a fresh segment salt under the newest data key.
 //! `verify` scans every relation file of a stopped cluster and exits with 1
-//! when any page is plaintext or (with `--data-checksums`) fails its
-//! checksum.
+//! when any page is plaintext, (with `--data-checksums`) fails its
+//! checksum, or is a format 1 page sharing its counter block with another
+//! page of different contents.
 #![forbid(unsafe_code)]
 
 mod upgrade;
@@ -121,6 +122,9 @@ fn verify(args: &[&str]) -> Result<(), String> {
         for (generation, n) in &report.by_generation {
             println!("  generation {generation:>3}:  {n}");
         }
+        for (format, n) in &report.by_format {
+            println!("  format {format}:        {n}");
+        }
         println!("plaintext:         {}", report.plaintext);
         println!("empty:             {}", report.empty);
         if checksums {
@@ -131,6 +135,14 @@ fn verify(args: &[&str]) -> Result<(), String> {
         }
         for (file, block) in &report.failed_pages {
             println!("checksum failure: {} block {block}", file.display());
+        }
+        println!("IV collisions:     {}", report.iv_collisions);
+        for (file, block, other, other_block) in &report.collisions {
+            println!(
+                "IV collision: {} block {block} shares its keystream with {} block {other_block}",
+                file.display(),
+                other.display()
+            );
         }
         for (generation, segments) in &wal {
             println!(
@@ -145,8 +157,8 @@ fn verify(args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{} plaintext page(s), {} checksum failure(s)",
-            report.plaintext, report.checksum_failures
+            "{} plaintext page(s), {} checksum failure(s), {} IV collision(s)",
+            report.plaintext, report.checksum_failures, report.iv_collisions
         ))
     }
 }

@@ -1,32 +1,35 @@
-//! The data page transform (DESIGN §3).
+//! The relation page transform. The on-disk format, and the argument that
+//! it never lets two different plaintexts share a key and keystream, is
+//! `docs/format/pages.md`; this module is its implementation.
 //!
-//! On disk, an encrypted page keeps `pd_lsn` (bytes 0..8), `pd_checksum`
-//! (8..10) and `pd_flags` (10..12) in plaintext. Bytes 12.. are XORed with an
-//! AES-256-CTR keystream whose first counter block is
-//! `LSN (64, BE) ‖ block number (32, BE) ‖ write nonce (16, BE) ‖ 0 (16)`,
-//! after which bytes 18..20 (`pd_pagesize_version`, a constant) are replaced
-//! by the write nonce. `pd_flags` gains, in bits PostgreSQL never sets:
+//! On disk an encrypted page keeps `pd_lsn` (bytes 0..8), `pd_checksum`
+//! (8..10) and `pd_flags` (10..12) in plaintext; bytes 12.. are encrypted.
+//! `pd_flags` gains, in bits PostgreSQL never sets:
 //!
 //! | bits | meaning |
 //! | --- | --- |
 //! | 15 | encrypted mark |
 //! | 13–14 | fork kind whose key encrypted the page |
-//! | 11–12 | page format version (1) |
+//! | 11–12 | format code: 1 = format 1 ([`v1`], AES-CTR, tde 0.1–0.2); 2 = format 2, wide mode; 3 = format 2, XTS mode ([`v2`]) |
 //! | 3–10 | data key generation (1–255) |
 //!
 //! A server without `tde` rejects such a page ("invalid page") instead of
 //! misreading it. All-zero pages and pages without the mark pass untouched.
-//! A page whose LSN is 0 gets a fake LSN from a range real WAL never reaches,
-//! and reads restore 0.
+
+pub mod v1;
+pub mod v2;
 
 use std::collections::BTreeMap;
 
-use aes::cipher::{InnerIvInit, KeyInit, StreamCipher, StreamCipherCoreWrapper};
 use aes::Aes256;
 
+pub use v2::Mode;
+
 use crate::checksum::{page_checksum, set_checksum, stored_checksum};
-use crate::kdf::{page_key, ForkKind};
+use crate::hctr2::Hctr2Aes256;
+use crate::kdf::{page_keys_v2, ForkKind};
 use crate::keyring::Keyring;
+use crate::xts::XtsAes256;
 use crate::{Error, Result};
 
 pub const PAGE_SIZE: usize = 8192;
@@ -41,18 +44,16 @@ const MARK_ENCRYPTED: u16 = 0x8000;
 const FORK_SHIFT: u32 = 13;
 const FORMAT_SHIFT: u32 = 11;
 const GENERATION_SHIFT: u32 = 3;
-pub const PAGE_FORMAT_V1: u8 = 1;
 
-/// Fake LSNs live in `0xFF00_0000_0000_0000..`: 2^56 bytes of real WAL
-/// would be needed to reach them.
-pub const FAKE_LSN_BASE: u64 = 0xFF00_0000_0000_0000;
+/// Format code of format 1 (AES-CTR with a stored nonce).
+pub const FORMAT_CTR: u8 = 1;
+/// Format code of format 2, wide mode (temporary and unlogged relations).
+pub const FORMAT_WIDE: u8 = 2;
+/// Format code of format 2, XTS mode (permanent relations).
+pub const FORMAT_XTS: u8 = 3;
 
-pub fn is_fake_lsn(lsn: u64) -> bool {
-    lsn >> 56 == 0xFF
-}
-
+/// First encrypted byte: `pd_lsn`, `pd_checksum` and `pd_flags` stay plain.
 const ENCRYPTED_FROM: usize = 12;
-const NONCE_AT: usize = 18;
 
 /// What a page's own bytes say about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,9 +68,8 @@ pub enum PageState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageMark {
     pub generation: u8,
-    /// `None` when the bits name no fork kind this build knows (cannot happen
-    /// with two bits and four kinds, kept for clarity of intent).
     pub fork: ForkKind,
+    /// The format code (see the module documentation).
     pub format: u8,
 }
 
@@ -91,6 +91,15 @@ impl PageMark {
             format: ((flags >> FORMAT_SHIFT) & 0x3) as u8,
             generation: ((flags >> GENERATION_SHIFT) & 0xFF) as u8,
         })
+    }
+
+    /// The format version (1 or 2) of a known format code.
+    pub fn format_version(&self) -> Option<u8> {
+        match self.format {
+            FORMAT_CTR => Some(1),
+            FORMAT_WIDE | FORMAT_XTS => Some(2),
+            _ => None,
+        }
     }
 }
 
@@ -130,26 +139,19 @@ pub fn classify(page: &Page) -> PageState {
     }
 }
 
-fn iv(lsn: u64, block: u32, nonce: u16) -> [u8; 16] {
-    let mut iv = [0u8; 16];
-    iv[0..8].copy_from_slice(&lsn.to_be_bytes());
-    iv[8..12].copy_from_slice(&block.to_be_bytes());
-    iv[12..14].copy_from_slice(&nonce.to_be_bytes());
-    iv
-}
-
-type PageCtr = StreamCipherCoreWrapper<ctr::CtrCore<Aes256, ctr::flavors::Ctr128BE>>;
-
-/// The page keystream, reusing the already expanded AES key schedule.
-fn keystream(key: &Aes256, lsn: u64, block: u32, nonce: u16) -> PageCtr {
-    let core = ctr::CtrCore::inner_iv_init(key.clone(), &iv(lsn, block, nonce).into());
-    StreamCipherCoreWrapper::from_core(core)
+/// The LSN PostgreSQL gave a page, read from the page as stored (format 1
+/// replaced an LSN of 0 by a fake one; nothing else changes `pd_lsn`).
+pub fn original_lsn(stored: &Page) -> u64 {
+    match classify(stored) {
+        PageState::Encrypted(mark) if mark.format == FORMAT_CTR => v1::original_lsn(stored),
+        _ => page_lsn(stored),
+    }
 }
 
 /// What the write path did with a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// All-zero page: write the caller's buffer unchanged.
+    /// Write the caller's buffer unchanged: an all-zero page.
     PassThrough,
     /// The encrypted page is in the destination buffer.
     Encrypted,
@@ -175,20 +177,30 @@ pub enum ReadOutcome {
     Damaged,
 }
 
-/// Per-write inputs chosen by the caller.
+/// Where a page is written and with which key.
 #[derive(Clone, Copy, Debug)]
 pub struct WriteParams {
     pub block: u32,
+    /// The relation file's number (`relfilenode`), part of the tweak.
+    pub relfilenumber: u32,
     pub fork: ForkKind,
     pub generation: u8,
-    pub nonce: u16,
+    pub mode: Mode,
     /// Maintain `pd_checksum` (the cluster has data checksums on).
     pub checksums: bool,
 }
 
-/// Page keys for every data key generation and fork kind, expanded once.
+/// Every page key of one data key generation, expanded once.
+struct GenerationKeys {
+    /// Format 1, read only.
+    ctr: [Aes256; 4],
+    /// Format 2, indexed by fork kind.
+    v2: [v2::ForkKeys; 4],
+}
+
+/// Page keys for every data key generation of a keyring.
 pub struct PageCipher {
-    keys: BTreeMap<u8, [Aes256; 4]>,
+    keys: BTreeMap<u8, GenerationKeys>,
 }
 
 impl PageCipher {
@@ -196,11 +208,16 @@ impl PageCipher {
         let mut keys = BTreeMap::new();
         for generation in ring.generations() {
             let dek = ring.data_key(generation).expect("listed generation");
-            let per_fork = ForkKind::ALL.map(|fork| {
-                let k = page_key(dek, &ring.cluster_salt, fork);
-                Aes256::new(k.as_bytes().into())
+            let salt = &ring.cluster_salt;
+            let v2 = ForkKind::ALL.map(|fork| {
+                let (wide, k1, k2) = page_keys_v2(dek, salt, fork);
+                v2::ForkKeys {
+                    wide: Hctr2Aes256::new(&wide),
+                    xts: XtsAes256::new(&k1, &k2),
+                }
             });
-            keys.insert(generation, per_fork);
+            let ctr = v1::keys(dek, salt);
+            keys.insert(generation, GenerationKeys { ctr, v2 });
         }
         PageCipher { keys }
     }
@@ -209,100 +226,113 @@ impl PageCipher {
         self.keys.contains_key(&generation)
     }
 
-    fn key(&self, generation: u8, fork: ForkKind, block: u32) -> Result<&Aes256> {
+    fn generation_keys(&self, generation: u8, block: u32) -> Result<&GenerationKeys> {
         self.keys
             .get(&generation)
-            .map(|k| &k[fork as usize])
             .ok_or(Error::UnknownGeneration { block, generation })
     }
 
     /// Encrypts `src` into `dst`; `src` is never modified (it may be a shared
     /// buffer other processes still change).
-    pub fn encrypt(
-        &self,
-        src: &Page,
-        dst: &mut Page,
-        p: &WriteParams,
-        fake_lsn: impl FnOnce() -> u64,
-    ) -> Result<WriteOutcome> {
+    pub fn encrypt(&self, src: &Page, dst: &mut Page, p: &WriteParams) -> Result<WriteOutcome> {
         dst.copy_from_slice(src);
-        self.encrypt_in_place(dst, p, fake_lsn)
+        self.encrypt_in_place(dst, p)
     }
 
-    /// Encrypts a private copy of a page in place. `fake_lsn` is called only
-    /// when the page's LSN is 0 and must return a value in the fake range
-    /// (see [`is_fake_lsn`]) not handed out before.
-    pub fn encrypt_in_place(
+    /// Encrypts a private copy of a page in place, in format 2.
+    pub fn encrypt_in_place(&self, page: &mut Page, p: &WriteParams) -> Result<WriteOutcome> {
+        let pg_flags = match check_writable(page, p.block)? {
+            Some(f) => f,
+            None => return Ok(WriteOutcome::PassThrough),
+        };
+        let key = self.generation_keys(p.generation, p.block)?;
+        v2::encrypt(
+            &key.v2[p.fork as usize],
+            p.mode,
+            page,
+            p.block,
+            p.relfilenumber,
+        );
+        let format = match p.mode {
+            Mode::Wide => FORMAT_WIDE,
+            Mode::Xts => FORMAT_XTS,
+        };
+        finish_write(
+            page,
+            pg_flags,
+            p.fork,
+            p.generation,
+            format,
+            p.block,
+            p.checksums,
+        );
+        Ok(WriteOutcome::Encrypted)
+    }
+
+    /// Encrypts a private copy of a page in format 1, as tde 0.1.0 and 0.2.0
+    /// did; `fake_lsn` (in [`v1::FAKE_LSN_BASE`]..) replaces an LSN of 0.
+    /// Only tests write format 1 now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encrypt_format1_in_place(
         &self,
         page: &mut Page,
-        p: &WriteParams,
-        fake_lsn: impl FnOnce() -> u64,
+        block: u32,
+        fork: ForkKind,
+        generation: u8,
+        nonce: u16,
+        fake_lsn: u64,
+        checksums: bool,
     ) -> Result<WriteOutcome> {
-        let flags = flags(page);
-        if flags & !PG_FLAG_BITS != 0 || size_version(page) != STANDARD_SIZE_VERSION {
-            if is_all_zero(page) {
-                return Ok(WriteOutcome::PassThrough);
-            }
-            return Err(Error::UnexpectedPageHeader {
-                block: p.block,
-                flags,
-                size_version: size_version(page),
-            });
-        }
-        let key = self.key(p.generation, p.fork, p.block)?;
-        let mut lsn = page_lsn(page);
-        if lsn == 0 {
-            lsn = fake_lsn();
-            debug_assert!(is_fake_lsn(lsn));
-            set_page_lsn(page, lsn);
-        }
-        keystream(key, lsn, p.block, p.nonce).apply_keystream(&mut page[ENCRYPTED_FROM..]);
-        page[NONCE_AT..NONCE_AT + 2].copy_from_slice(&p.nonce.to_le_bytes());
-        let mark = PageMark {
-            generation: p.generation,
-            fork: p.fork,
-            format: PAGE_FORMAT_V1,
+        let pg_flags = match check_writable(page, block)? {
+            Some(f) => f,
+            None => return Ok(WriteOutcome::PassThrough),
         };
-        set_flags(page, flags | mark.to_bits());
-        if p.checksums {
-            let c = page_checksum(page, p.block);
-            set_checksum(page, c);
-        }
+        let key = &self.generation_keys(generation, block)?.ctr[fork as usize];
+        v1::encrypt(key, page, block, nonce, fake_lsn);
+        finish_write(
+            page, pg_flags, fork, generation, FORMAT_CTR, block, checksums,
+        );
         Ok(WriteOutcome::Encrypted)
     }
 
     /// Decrypts a page read from disk in place; plaintext and empty pages are
-    /// left untouched. The key is chosen by the page's own mark.
-    pub fn decrypt(&self, page: &mut Page, block: u32, checksums: bool) -> Result<ReadOutcome> {
+    /// left untouched. The key and format are chosen by the page's own mark;
+    /// `relfilenumber` is that of the file the page was read from.
+    pub fn decrypt(
+        &self,
+        page: &mut Page,
+        block: u32,
+        relfilenumber: u32,
+        checksums: bool,
+    ) -> Result<ReadOutcome> {
         let mark = match classify(page) {
             PageState::Empty => return Ok(ReadOutcome::Empty),
             PageState::Plain => return Ok(ReadOutcome::Plain),
             PageState::Encrypted(mark) => mark,
         };
         let checksum_ok = !checksums || page_checksum(page, block) == stored_checksum(page);
-        if !checksum_ok && (mark.format != PAGE_FORMAT_V1 || !self.has_generation(mark.generation))
-        {
+        let known = mark.format_version().is_some() && self.has_generation(mark.generation);
+        if !checksum_ok && !known {
             // The mark itself may be what is damaged: leave the page as
             // stored, so PostgreSQL's own verification reports the checksum
             // failure and zero_damaged_pages / ignore_checksum_failure apply.
             return Ok(ReadOutcome::Damaged);
         }
-        if mark.format != PAGE_FORMAT_V1 {
+        if mark.format_version().is_none() {
             return Err(Error::UnknownPageFormat {
                 block,
                 format: mark.format,
             });
         }
-        let key = self.key(mark.generation, mark.fork, block)?;
-        let lsn = page_lsn(page);
-        let nonce = u16::from_le_bytes([page[NONCE_AT], page[NONCE_AT + 1]]);
-        keystream(key, lsn, block, nonce).apply_keystream(&mut page[ENCRYPTED_FROM..]);
-        page[NONCE_AT..NONCE_AT + 2].copy_from_slice(&STANDARD_SIZE_VERSION.to_le_bytes());
+        let key = self.generation_keys(mark.generation, block)?;
+        let fork = mark.fork as usize;
+        match mark.format {
+            FORMAT_CTR => v1::decrypt(&key.ctr[fork], page, block),
+            FORMAT_WIDE => v2::decrypt(&key.v2[fork], Mode::Wide, page, block, relfilenumber),
+            _ => v2::decrypt(&key.v2[fork], Mode::Xts, page, block, relfilenumber),
+        }
         let f = flags(page);
         set_flags(page, f & PG_FLAG_BITS);
-        if is_fake_lsn(lsn) {
-            set_page_lsn(page, 0);
-        }
         if checksums {
             let c = page_checksum(page, block);
             set_checksum(page, if checksum_ok { c } else { c ^ 1 });
@@ -311,5 +341,73 @@ impl PageCipher {
             generation: mark.generation,
             checksum_ok,
         })
+    }
+}
+
+/// `Ok(None)` for an all-zero page (stored as is), else the page's own
+/// flag bits; a page that is not a plaintext PostgreSQL page is refused.
+fn check_writable(page: &Page, block: u32) -> Result<Option<u16>> {
+    let flags = flags(page);
+    if flags & !PG_FLAG_BITS != 0 || size_version(page) != STANDARD_SIZE_VERSION {
+        if is_all_zero(page) {
+            return Ok(None);
+        }
+        return Err(Error::UnexpectedPageHeader {
+            block,
+            flags,
+            size_version: size_version(page),
+        });
+    }
+    Ok(Some(flags))
+}
+
+fn finish_write(
+    page: &mut Page,
+    pg_flags: u16,
+    fork: ForkKind,
+    generation: u8,
+    format: u8,
+    block: u32,
+    checksums: bool,
+) {
+    let mark = PageMark {
+        generation,
+        fork,
+        format,
+    };
+    set_flags(page, pg_flags | mark.to_bits());
+    if checksums {
+        let c = page_checksum(page, block);
+        set_checksum(page, c);
+    }
+}
+
+/// How to rewrite a page of a permanent relation over the version of the
+/// same block on disk, when the write may not be covered by a full-page
+/// image in WAL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RewritePlan {
+    /// Encrypt under the current generation: the stored version has another
+    /// LSN (or is empty), so this write is not a rewrite of it.
+    Fresh,
+    /// The stored version is plaintext with the same LSN: write plaintext,
+    /// so that only the bytes PostgreSQL changed change on disk.
+    KeepPlaintext,
+    /// The stored version is in XTS mode with the same LSN: encrypt under
+    /// its generation, so that only the 16-byte blocks PostgreSQL changed
+    /// change on disk.
+    KeepGeneration(u8),
+}
+
+/// The plan for writing, in XTS mode, a page whose LSN is `lsn` over
+/// `stored`, the version of the same block on disk. See
+/// `docs/format/pages.md`, "Torn writes".
+pub fn plan_rewrite(stored: &Page, lsn: u64) -> RewritePlan {
+    match classify(stored) {
+        PageState::Plain if page_lsn(stored) == lsn => RewritePlan::KeepPlaintext,
+        PageState::Encrypted(mark) if mark.format == FORMAT_XTS && page_lsn(stored) == lsn => {
+            RewritePlan::KeepGeneration(mark.generation)
+        }
+        _ => RewritePlan::Fresh,
     }
 }
