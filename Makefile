@@ -76,9 +76,10 @@ test-pg:
 # (see scripts/build-pg.sh); it needs tde too.
 UPGRADE_SOURCE_17 := 15
 UPGRADE_SOURCE_18 := 17
-# The versions the previous release (0.1.0) ran on: its clusters must keep
-# working (scripts/build-previous.sh builds it from its release commit).
+# The versions earlier releases ran on: their clusters must keep working
+# (scripts/build-previous.sh builds each from its release commit).
 PREVIOUS_RELEASE_PG := 15
+RELEASE_0_2_0_PG := 15 17 18
 
 test-cluster: install
 	$(CARGO) build --release -p tdectl
@@ -88,8 +89,12 @@ test-cluster: install
 	previous=""; \
 	case " $(PREVIOUS_RELEASE_PG) " in *" $(PG_MAJOR) "*) \
 		previous="$$(scripts/build-previous.sh $(PG_MAJOR))";; esac; \
+	release_0_2_0=""; \
+	case " $(RELEASE_0_2_0_PG) " in *" $(PG_MAJOR) "*) \
+		release_0_2_0="$$(scripts/build-previous.sh 0.2.0 $(PG_MAJOR))";; esac; \
 	TDECTL=$(CURDIR)/target/release/tdectl \
 		TDE_PREVIOUS_RELEASE_LIB="$$previous" \
+		TDE_RELEASE_0_2_0_LIB="$$release_0_2_0" \
 		TDE_PG_BIN="$$(PG_MAJOR=$(PG_MAJOR) scripts/pg-config.sh --bindir)" \
 		$(CARGO) test -p pg_test -- --test-threads=1
 

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Build the previous release of tde (0.1.0) from this repository's history,
-# once, for the tests that start a cluster under it and then under this
-# version (keyring migration, ALTER EXTENSION UPDATE on a real 0.1.0
-# cluster). Prints the directory holding its tde.so (which the tests put
-# first in dynamic_library_path) and its tdectl.
+# Build an earlier release of tde from this repository's history, once, for
+# the tests that start a cluster under it and then under this version
+# (keyring migration, page format 1, ALTER EXTENSION UPDATE on a real
+# cluster of that release). Prints the directory holding its tde.so (which
+# the tests put first in dynamic_library_path) and its tdectl.
 #
-#   scripts/build-previous.sh 15
+#   scripts/build-previous.sh 15            # tde 0.1.0 (PostgreSQL 15 only)
+#   scripts/build-previous.sh 0.2.0 17      # tde 0.2.0 (15, 17, 18)
 #
-# 0.1.0 supports PostgreSQL 15 only. The source is the commit that release
-# was built from; cargo's build tree is cached (default ~/.cache/tde), the
-# library is installed under /opt/tde-pg/tde-0.1.0/pg<MAJOR> (servers run as
-# the postgres OS user, which cannot enter a private home directory), with a
-# stamp naming the commit and the server it was built against.
+# The source is the commit the release was built from; cargo's build tree
+# is cached (default ~/.cache/tde), the library is installed under
+# /opt/tde-pg/tde-<RELEASE>/pg<MAJOR> (servers run as the postgres OS user,
+# which cannot enter a private home directory), with a stamp naming the
+# commit and the server it was built against.
 #
 # Environment:
 #   TDE_CACHE       cache for the source and build tree  (default ~/.cache/tde)
@@ -20,10 +21,28 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-RELEASE=0.1.0
-COMMIT=d4e3b1d99540ba937d53a155ae350b85c2820e25
-MAJOR="${1:-}"
-[ "$MAJOR" = 15 ] || die "usage: $0 15 (tde $RELEASE supports PostgreSQL 15 only)"
+if [ $# -ge 2 ]; then
+    RELEASE="$1"
+    MAJOR="$2"
+else
+    RELEASE=0.1.0
+    MAJOR="${1:-}"
+fi
+case "$RELEASE" in
+0.1.0)
+    COMMIT=d4e3b1d99540ba937d53a155ae350b85c2820e25
+    SUPPORTED="15"
+    ;;
+0.2.0)
+    COMMIT=77db677f54f8ec4e864b1ca58a69597a8e892e71
+    SUPPORTED="15 17 18"
+    ;;
+*) die "usage: $0 [RELEASE] MAJOR (RELEASE 0.1.0 or 0.2.0)" ;;
+esac
+case " $SUPPORTED " in
+*" $MAJOR "*) ;;
+*) die "usage: $0 [RELEASE] MAJOR (tde $RELEASE supports PostgreSQL $SUPPORTED)" ;;
+esac
 pg_config="$(pg_config_for "$MAJOR")"
 [ -x "$pg_config" ] || die "pg_config not found at $pg_config (run make setup)"
 
@@ -53,8 +72,8 @@ mkdir -p "$src"
 git_ archive "$COMMIT" | tar -x -C "$src"
 build_release() {
     cd "$src"
-    CARGO_TARGET_DIR="$CACHE/target" cargo pgrx package --pg-config "$pg_config" --out-dir "$out"
-    CARGO_TARGET_DIR="$CACHE/target" cargo build --release --locked -p tdectl
+    CARGO_TARGET_DIR="$CACHE/target-$RELEASE" cargo pgrx package --pg-config "$pg_config" --out-dir "$out"
+    CARGO_TARGET_DIR="$CACHE/target-$RELEASE" cargo build --release --locked -p tdectl
 }
 long_step "building tde $RELEASE (commit ${COMMIT:0:12}) for PostgreSQL $MAJOR" \
     "2 minutes on 2 cores, once" "$TDE_LOG_DIR/build-tde-$RELEASE-pg$MAJOR.log" build_release
@@ -65,7 +84,7 @@ as_root install -d -m 0755 "$(dirname "$DEST")" "$DEST"
 as_root rm -f "$DEST"/.built-*
 as_root install -m 0644 "$so" "$DEST/tde.so.tmp.$$"
 as_root mv -f "$DEST/tde.so.tmp.$$" "$DEST/tde.so"
-as_root install -m 0755 "$CACHE/target/release/tdectl" "$DEST/tdectl"
+as_root install -m 0755 "$CACHE/target-$RELEASE/release/tdectl" "$DEST/tdectl"
 as_root touch "$STAMP"
 rm -rf "$src"
 echo "$DEST"

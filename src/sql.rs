@@ -167,11 +167,13 @@ fn generations_json(by_generation: &std::collections::BTreeMap<u8, u64>) -> Stri
 /// generations the WAL segments in pg_wal use. Pages still only in shared buffers
 /// are not seen (run CHECKPOINT first); a page that fails its checksum is
 /// read a second time before it counts, so pages being written are not
-/// reported as damaged.
+/// reported as damaged. `formats` counts encrypted pages per page format
+/// version; `iv_collisions` counts format 1 pages that share their
+/// keystream with another page of different contents.
 // pgrx reads the column names from this signature, so it cannot be aliased.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe, name = "tde_verify")]
-fn tde_verify_v2() -> TableIterator<
+fn tde_verify_v3() -> TableIterator<
     'static,
     (
         name!(files, i64),
@@ -182,12 +184,16 @@ fn tde_verify_v2() -> TableIterator<
         name!(checksum_failures, i64),
         name!(generations, String),
         name!(wal_generations, String),
+        name!(formats, String),
+        name!(iv_collisions, i64),
     ),
 > {
     // SAFETY: reads the control file copy in shared memory.
     let checksums = unsafe { pg_sys::DataChecksumsEnabled() };
-    let r = tde_core::verify::verify_data_dir(&startup::data_dir(), checksums)
-        .unwrap_or_else(|e| pgrx::error!("tde: cannot scan the data directory: {e}"));
+    let r = tde_core::verify::verify_data_dir_with(&startup::data_dir(), checksums, || {
+        pg_sys::check_for_interrupts!();
+    })
+    .unwrap_or_else(|e| pgrx::error!("tde: cannot scan the data directory: {e}"));
     TableIterator::once((
         r.files as i64,
         r.pages as i64,
@@ -197,6 +203,8 @@ fn tde_verify_v2() -> TableIterator<
         r.checksum_failures as i64,
         generations_json(&r.by_generation),
         wal_generations_json(),
+        generations_json(&r.by_format),
+        r.iv_collisions as i64,
     ))
 }
 
@@ -210,10 +218,32 @@ fn wal_generations_json() -> String {
     generations_json(&wal.iter().map(|(g, s)| (*g, s.len() as u64)).collect())
 }
 
-// The shapes of 0.1.0, still behind their C symbols: until `ALTER EXTENSION
-// tde UPDATE` runs, a database's catalog declares these result columns for
-// `tde_status_wrapper` and `tde_verify_wrapper`, and PostgreSQL builds the
-// rows by that declaration. Not part of the current SQL.
+// The shapes of earlier releases, still behind their C symbols: until
+// `ALTER EXTENSION tde UPDATE` runs, a database's catalog declares these
+// result columns for `tde_status_wrapper`, `tde_verify_wrapper` (0.1.0) and
+// `tde_verify_v2_wrapper` (0.2.0), and PostgreSQL builds the rows by that
+// declaration. Not part of the current SQL.
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe, sql = false)]
+fn tde_verify_v2() -> TableIterator<
+    'static,
+    (
+        name!(files, i64),
+        name!(pages, i64),
+        name!(encrypted, i64),
+        name!(plaintext, i64),
+        name!(empty, i64),
+        name!(checksum_failures, i64),
+        name!(generations, String),
+        name!(wal_generations, String),
+    ),
+> {
+    TableIterator::new(
+        tde_verify_v3()
+            .map(|(f, p, e, pl, em, c, g, w, _formats, _collisions)| (f, p, e, pl, em, c, g, w)),
+    )
+}
 
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe, sql = false)]
@@ -249,5 +279,8 @@ fn tde_verify() -> TableIterator<
         name!(generations, String),
     ),
 > {
-    TableIterator::new(tde_verify_v2().map(|(f, p, e, pl, em, c, g, _wal)| (f, p, e, pl, em, c, g)))
+    TableIterator::new(
+        tde_verify_v3()
+            .map(|(f, p, e, pl, em, c, g, _wal, _formats, _collisions)| (f, p, e, pl, em, c, g)),
+    )
 }
