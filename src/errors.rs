@@ -30,7 +30,9 @@ fn sqlstate(e: &Error) -> PgSqlErrorCode {
         | Error::UnknownGeneration { .. }
         | Error::UnknownPageFormat { .. }
         | Error::UnknownWalGeneration { .. }
-        | Error::UnexpectedWalPage { .. } => ERRCODE_DATA_CORRUPTED,
+        | Error::UnexpectedWalPage { .. }
+        | Error::WalKeyMismatch { .. } => ERRCODE_DATA_CORRUPTED,
+        Error::WalUnreadable { .. } => ERRCODE_IO_ERROR,
         Error::InvalidWalSegmentSize(_)
         | Error::ReservedGeneration
         | Error::WalRangeMisaligned { .. } => ERRCODE_INTERNAL_ERROR,

@@ -90,7 +90,23 @@ pub fn load_keys() -> Loaded {
             },
         ),
     };
+    check_keys_decrypt_wal(&pgdata, &keyring);
     Loaded { keyring }
+}
+
+/// Refuses to start with a keyring whose data keys do not decrypt the WAL
+/// in `pg_wal` (see `tde_core::wal_check`): recovery would otherwise take
+/// the undecryptable WAL for its end.
+fn check_keys_decrypt_wal(pgdata: &std::path::Path, keyring: &Keyring) {
+    // SAFETY: plain read of a global set from pg_control before
+    // shared_preload_libraries are loaded.
+    let segment_size = unsafe { pg_sys::wal_segment_size } as u32;
+    let checked = tde_core::wal::WalCipher::new(keyring, segment_size).and_then(|mut cipher| {
+        tde_core::wal_check::check_keys_decrypt_wal(&pgdata.join("pg_wal"), &mut cipher)
+    });
+    if let Err(e) = checked {
+        errors::raise("the keyring does not match the WAL", &e);
+    }
 }
 
 /// Rewrites a keyring written by tde 0.1.0 (format 1) in the current

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use pg_test::{random_key_hex, tde, Cluster, ClusterOptions, KeySource, TestDir};
+use pg_test::{random_key_hex, tde, wal, Cluster, ClusterOptions, KeySource, TestDir};
 
 /// A cluster that has never run with tde: initdb only.
 fn fresh(dir: &TestDir, key: KeySource) -> Cluster {
@@ -288,19 +288,6 @@ fn refuses_missing_keyring_directory() {
 }
 
 /// The bytes of every file directly under `dir`, by name.
-fn files_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.expect("entry"))
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                read(&e.path()),
-            )
-        })
-        .collect()
-}
 
 /// A cluster (not started) whose WAL is encrypted but whose pages are not.
 fn wal_only_cluster(dir: &TestDir) -> Cluster {
@@ -330,13 +317,13 @@ fn refuses_missing_keyring_when_only_wal_is_encrypted() {
     let saved = read(&c.keyring_path());
     std::fs::remove_dir_all(c.keyring_dir()).expect("remove pg_tde");
     let pg_wal = c.data_dir().join("pg_wal");
-    let wal_before = files_of(&pg_wal);
+    let wal_before = wal::files_of(&pg_wal);
 
     // The relation files hold no encrypted page: the WAL is the evidence.
     assert_refuses(&c, "WAL page at offset");
     assert_no_keyring(&c);
     assert!(
-        files_of(&pg_wal) == wal_before,
+        wal::files_of(&pg_wal) == wal_before,
         "a refused start changed pg_wal"
     );
 

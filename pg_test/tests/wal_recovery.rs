@@ -275,3 +275,47 @@ fn archive_recovery_refuses_wal_under_a_missing_generation() {
     );
     restored.stop();
 }
+
+/// A keyring that holds the WAL's generation numbers under other keys (here
+/// a copy of this cluster whose own rotation made another generation 2, as
+/// a keyring restored from the wrong node or time would) is refused at
+/// start, naming the generation, instead of crash recovery taking the
+/// WAL it cannot decrypt for the end of WAL and losing the commits in it.
+#[test]
+fn a_keyring_whose_keys_do_not_decrypt_the_wal_is_refused() {
+    let dir = TestDir::new();
+    let c = encrypted_cluster(&dir);
+    c.psql("CREATE TABLE kept(id int PRIMARY KEY, v text); CHECKPOINT");
+    // Another node of the same cluster, which rotates on its own.
+    let other = Cluster::from_base_backup(&c, "other", &["-X", "stream"]);
+    other.start();
+    assert_eq!(other.psql("SELECT tde_rotate_data_key()"), "2");
+    other.stop();
+    let other_keyring = std::fs::read(other.keyring_path()).expect("read the other keyring");
+
+    assert_eq!(c.psql("SELECT tde_rotate_data_key()"), "2");
+    c.psql("SELECT pg_switch_wal()");
+    c.psql("INSERT INTO kept SELECT g, md5(g::text) FROM generate_series(1, 5000) g");
+    let rows = c.psql("SELECT count(*) FROM kept");
+    assert_eq!(rows, "5000");
+    let own_keyring = std::fs::read(c.keyring_path()).expect("read the keyring");
+    c.kill9();
+
+    std::fs::write(c.keyring_path(), &other_keyring).expect("put the other keyring in place");
+    let wal_before = wal::files_of(&c.data_dir().join("pg_wal"));
+    let refused = c.try_start();
+    let message =
+        refused.expect_err("the server started with a keyring that does not decrypt its WAL");
+    assert!(
+        message.contains("data key generation 2 does not decrypt the WAL"),
+        "{message}"
+    );
+    assert!(
+        wal::files_of(&c.data_dir().join("pg_wal")) == wal_before,
+        "a refused start changed pg_wal"
+    );
+
+    std::fs::write(c.keyring_path(), &own_keyring).expect("put the keyring back");
+    c.start();
+    assert_eq!(c.psql("SELECT count(*) FROM kept"), rows, "commits lost");
+}

@@ -85,6 +85,14 @@ pub enum Error {
     UnknownWalGeneration { pageaddr: u64, generation: u8 },
     #[error("WAL page at {} {detail}", lsn(*.pageaddr))]
     UnexpectedWalPage { pageaddr: u64, detail: String },
+    #[error("the keyring's data key generation {generation} does not decrypt the WAL: the record at {} in segment {segment} fails its CRC when decrypted with it, so this keyring is not the one that encrypted this WAL (a copy from another node, or one older or newer than a data key rotation). Put back the keyring this WAL was written with", lsn(*.record))]
+    WalKeyMismatch {
+        generation: u8,
+        segment: String,
+        record: u64,
+    },
+    #[error("cannot read WAL directory \"{path}\": {reason}")]
+    WalUnreadable { path: PathBuf, reason: String },
     #[error("WAL range at segment offset {offset} of {len} bytes is not made of whole {page_size}-byte pages inside one {segment_size}-byte segment")]
     WalRangeMisaligned {
         offset: u64,

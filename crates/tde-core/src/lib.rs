@@ -20,6 +20,7 @@ pub mod provider;
 pub mod scan;
 pub mod verify;
 pub mod wal;
+pub mod wal_check;
 pub mod wal_scan;
 pub mod xts;
 
