@@ -50,6 +50,7 @@ pub extern "C-unwind" fn _PG_init() {
     attach::attach_wal_io();
     rotation::init();
     keys::init();
+    attach::install_round_trip();
     log!(
         "tde: data encryption active (data key generation {}, principal key {})",
         state::get().keyring.current_generation(),

@@ -18,6 +18,8 @@ use tde_core::wal::{SegmentSalt, WalCipher, WalPageHeader, WAL_PAGE_SIZE};
 
 use crate::{guc, keys};
 
+mod guards;
+
 const PAGE: usize = WAL_PAGE_SIZE;
 
 /// What a tracked descriptor refers to.
@@ -711,8 +713,25 @@ pub unsafe extern "C" fn tde_pwritev(
     guarded(|| tracked_pwrite(fd, t, &joined, offset as u64))
 }
 
-/// (imported symbol, wrapper, required) for the attach layer.
-pub fn wrappers() -> [(&'static str, usize, bool); 8] {
+/// How the attach layer treats one of the executable's file I/O imports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handling {
+    /// Rebound to this wrapper; `required`: the server must import it.
+    Wrapped { wrapper: usize, required: bool },
+    /// Left alone, for the reason given: it cannot reach WAL data around
+    /// the wrappers.
+    Harmless(&'static str),
+}
+
+/// Families of imports left alone, with the reason.
+pub const HARMLESS_PREFIXES: &[(&str, &str)] = &[(
+    "io_uring_",
+    "PostgreSQL 18 starts asynchronous I/O only for relation reads, never for WAL",
+)];
+
+/// Every file I/O function (in `tde_core::file_io`'s sense) the attach layer
+/// knows how to handle. An import of any other refuses the start.
+pub fn handling() -> Vec<(&'static str, Handling)> {
     type Open = unsafe extern "C" fn(*const c_char, c_int, libc::mode_t) -> c_int;
     type Close = unsafe extern "C" fn(c_int) -> c_int;
     type Pread = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_t;
@@ -720,23 +739,60 @@ pub fn wrappers() -> [(&'static str, usize, bool); 8] {
     type ReadChk = unsafe extern "C" fn(c_int, *mut c_void, size_t, size_t) -> ssize_t;
     type Pwrite = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
     type Write = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
-    type Pwritev = unsafe extern "C" fn(c_int, *const iovec, c_int, off_t) -> ssize_t;
-    [
-        ("open", tde_open as Open as *const () as usize, true),
-        ("close", tde_close as Close as *const () as usize, true),
-        ("read", tde_read as Read as *const () as usize, true),
-        ("write", tde_write as Write as *const () as usize, true),
-        ("pread", tde_pread as Pread as *const () as usize, true),
-        ("pwrite", tde_pwrite as Pwrite as *const () as usize, true),
-        (
-            "pwritev",
-            tde_pwritev as Pwritev as *const () as usize,
-            false,
-        ),
+    type Vector = unsafe extern "C" fn(c_int, *const iovec, c_int, off_t) -> ssize_t;
+    type Dup = unsafe extern "C" fn(c_int) -> c_int;
+    type Dup2 = unsafe extern "C" fn(c_int, c_int) -> c_int;
+    type CopyRange =
+        unsafe extern "C" fn(c_int, *mut i64, c_int, *mut i64, size_t, libc::c_uint) -> ssize_t;
+    type Mmap =
+        unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
+    type Fopen = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE;
+    type Freopen =
+        unsafe extern "C" fn(*const c_char, *const c_char, *mut libc::FILE) -> *mut libc::FILE;
+    let wrapped = |wrapper: usize, required| Handling::Wrapped { wrapper, required };
+    const STREAMS: &str = "reads and writes streams, which only fopen and freopen open";
+    vec![
+        ("open", wrapped(tde_open as Open as usize, true)),
+        ("close", wrapped(tde_close as Close as usize, true)),
+        ("read", wrapped(tde_read as Read as usize, true)),
+        ("write", wrapped(tde_write as Write as usize, true)),
+        ("pread", wrapped(tde_pread as Pread as usize, true)),
+        ("pwrite", wrapped(tde_pwrite as Pwrite as usize, true)),
+        ("pwritev", wrapped(tde_pwritev as Vector as usize, false)),
         (
             "__read_chk",
-            tde_read_chk as ReadChk as *const () as usize,
-            false,
+            wrapped(tde_read_chk as ReadChk as usize, false),
+        ),
+        (
+            "preadv",
+            wrapped(guards::tde_preadv as Vector as usize, false),
+        ),
+        ("dup", wrapped(guards::tde_dup as Dup as usize, false)),
+        ("dup2", wrapped(guards::tde_dup2 as Dup2 as usize, false)),
+        (
+            "copy_file_range",
+            wrapped(guards::tde_copy_file_range as CopyRange as usize, false),
+        ),
+        ("mmap", wrapped(guards::tde_mmap as Mmap as usize, false)),
+        ("fopen", wrapped(guards::tde_fopen as Fopen as usize, false)),
+        (
+            "freopen",
+            wrapped(guards::tde_freopen as Freopen as usize, false),
+        ),
+        ("fread", Handling::Harmless(STREAMS)),
+        ("fwrite", Handling::Harmless(STREAMS)),
+        ("fgets", Handling::Harmless(STREAMS)),
+        ("fgetc", Handling::Harmless(STREAMS)),
+        ("getc", Handling::Harmless(STREAMS)),
+        ("fputc", Handling::Harmless(STREAMS)),
+        ("fputs", Handling::Harmless(STREAMS)),
+        ("putc", Handling::Harmless(STREAMS)),
+        ("fprintf", Handling::Harmless(STREAMS)),
+        (
+            "fcntl",
+            Handling::Harmless(
+                "PostgreSQL only reads and sets descriptor and status flags with it",
+            ),
         ),
     ]
 }

@@ -314,6 +314,22 @@ pub fn wait_promoted(c: &Cluster) {
     );
 }
 
+/// Every regular file directly in `dir` with its contents (e.g. to show
+/// that a refused start left `pg_wal` untouched).
+pub fn files_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("entry"))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                read(&e.path()),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,20 +361,4 @@ mod tests {
             0x1_0300_0000
         );
     }
-}
-
-/// Every regular file directly in `dir` with its contents (e.g. to show
-/// that a refused start left `pg_wal` untouched).
-pub fn files_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.expect("entry"))
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                read(&e.path()),
-            )
-        })
-        .collect()
 }

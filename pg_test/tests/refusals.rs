@@ -287,8 +287,6 @@ fn refuses_missing_keyring_directory() {
     assert_recovers(&c, &fingerprint);
 }
 
-/// The bytes of every file directly under `dir`, by name.
-
 /// A cluster (not started) whose WAL is encrypted but whose pages are not.
 fn wal_only_cluster(dir: &TestDir) -> Cluster {
     let key = dir.key_file("principal", &random_key_hex(), 0o600);

@@ -10,6 +10,9 @@ pub mod compat;
 mod got;
 mod relro;
 mod table;
+mod wal_self_test;
+
+pub use wal_self_test::install_round_trip;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -139,11 +142,11 @@ fn refuse(what: &str) -> ! {
         ERROR,
         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
         format!(
-            "tde: cannot attach to the storage manager of PostgreSQL {} (built for {}): {what}",
+            "tde: cannot attach to PostgreSQL {} (built for {}): {what}",
             server_version(),
             built_for()
         ),
-        "tde only runs on server builds whose storage manager layout it recognizes; the server was not started."
+        "tde only runs on server builds whose storage manager and file I/O it recognizes and has proven to reach its wrappers; the server was not started."
     );
 }
 
@@ -229,13 +232,32 @@ fn attach_aio_reads() {
 }
 
 /// Rebinds the postgres executable's file I/O imports to the WAL wrappers,
-/// all of them or none: a missing required import refuses the start.
+/// all of them or none: a missing required import, or an import of a file
+/// I/O function the wrappers do not handle (one that could read or write a
+/// WAL file around them), refuses the start.
 pub fn attach_wal_io() {
     let slots = got::import_slots().unwrap_or_else(|e| refuse(&e));
+    let handling = wal_hooks::handling();
+    let mut handled: Vec<&str> = handling.iter().map(|(name, _)| *name).collect();
+    handled.extend(slots.keys().map(String::as_str).filter(|name| {
+        wal_hooks::HARMLESS_PREFIXES
+            .iter()
+            .any(|(prefix, _)| name.starts_with(prefix))
+    }));
+    let unhandled = tde_core::file_io::unhandled(slots.keys().map(String::as_str), &handled);
+    if !unhandled.is_empty() {
+        refuse(&format!(
+            "the postgres executable imports file I/O that tde does not wrap: {}(); WAL read or written through it would bypass encryption",
+            unhandled.join("(), ")
+        ));
+    }
     let mut plan = Vec::new();
-    for (name, wrapper, required) in wal_hooks::wrappers() {
-        match slots.get(name) {
-            Some(slot) => plan.push((name, slot.address, wrapper)),
+    for (name, how) in &handling {
+        let wal_hooks::Handling::Wrapped { wrapper, required } = *how else {
+            continue;
+        };
+        match slots.get(*name) {
+            Some(slot) => plan.push((*name, slot.address, wrapper)),
             None if required => refuse(&format!(
                 "the postgres executable does not import {name}() through its PLT"
             )),
@@ -250,7 +272,8 @@ pub fn attach_wal_io() {
             refuse(&format!("cannot rebind {name}(): {e}"));
         }
     }
-    wal_self_test();
+    wal_self_test::descriptors_are_tracked();
+    wal_self_test::remember_read_slots(&slots);
     let names: Vec<&str> = plan.iter().map(|(n, _, _)| *n).collect();
     let _ = WAL_ATTACHED.set(format!("wal: file I/O rebound ({})", names.join(", ")));
 }
@@ -259,34 +282,6 @@ static WAL_ATTACHED: OnceLock<String> = OnceLock::new();
 
 pub fn wal_attached() -> Option<&'static str> {
     WAL_ATTACHED.get().map(String::as_str)
-}
-
-/// Opens a temporary WAL file through the server's own BasicOpenFile (so
-/// through its PLT) and checks that the wrapper saw it.
-fn wal_self_test() {
-    let path = c"pg_wal/xlogtemp.tde-self-test";
-    // SAFETY: BasicOpenFile with a static path; the descriptor is closed and
-    // the file removed below.
-    let fd = unsafe {
-        pg_sys::BasicOpenFile(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC)
-    };
-    if fd < 0 {
-        refuse(&format!(
-            "self-test cannot create {}: {}",
-            path.to_string_lossy(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    let seen = wal_hooks::is_tracked(fd);
-    // SAFETY: closing the descriptor opened above (through the wrapper, so
-    // its tracking entry goes too) and removing the file.
-    unsafe {
-        wal_hooks::tde_close(fd);
-        libc::unlink(path.as_ptr());
-    }
-    if !seen {
-        refuse("self-test failed: a WAL file opened through the server's open() was not seen by the wrapper");
-    }
 }
 
 pub const HIT_READ: u32 = 1;

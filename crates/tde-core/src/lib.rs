@@ -10,6 +10,7 @@
 pub mod checksum;
 pub mod control;
 pub mod error;
+pub mod file_io;
 pub mod hctr2;
 pub mod kdf;
 pub mod keyring;

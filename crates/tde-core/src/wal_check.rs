@@ -164,19 +164,21 @@ impl Reader<'_> {
     }
 }
 
-/// The live segments of `pg_wal` per data key generation, oldest first:
-/// (timeline part of the name, segment number, file name).
+/// A live segment: the timeline part of its name, its number, its name.
+type Segment = (String, u64, String);
+
+/// The live segments of `pg_wal` per data key generation, oldest first.
 fn segments_by_generation(
     pg_wal: &Path,
     segment_size: u64,
-) -> std::io::Result<BTreeMap<u8, Vec<(String, u64, String)>>> {
+) -> std::io::Result<BTreeMap<u8, Vec<Segment>>> {
     let mut names: Vec<String> = std::fs::read_dir(pg_wal)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| n.len() == 24)
         .collect();
     names.sort();
-    let mut out: BTreeMap<u8, Vec<(String, u64, String)>> = BTreeMap::new();
+    let mut out: BTreeMap<u8, Vec<Segment>> = BTreeMap::new();
     for name in names {
         let Some(segment) = segment_number(&name, segment_size) else {
             continue;

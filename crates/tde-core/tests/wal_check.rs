@@ -79,7 +79,7 @@ fn layout(records: &[Vec<u8>], segments: u64) -> Vec<u8> {
     // Each record's xl_prev: the WAL position of the one before it.
     let position = |stream_pos: usize| {
         let per_page = |page: usize| {
-            if page % (SEGMENT as usize / WAL_PAGE_SIZE) == 0 {
+            if page.is_multiple_of(SEGMENT as usize / WAL_PAGE_SIZE) {
                 40
             } else {
                 24
@@ -105,7 +105,7 @@ fn layout(records: &[Vec<u8>], segments: u64) -> Vec<u8> {
     let mut at = 0usize;
     while pos < stream.len() && at < total {
         let addr = SEGMENT + at as u64;
-        let long = addr % SEGMENT == 0;
+        let long = addr.is_multiple_of(SEGMENT);
         let h = if long { 40 } else { 24 };
         let rem = bounds
             .iter()
