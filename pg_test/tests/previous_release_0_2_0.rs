@@ -34,6 +34,18 @@ fn formats(c: &Cluster) -> String {
     c.psql("SELECT formats FROM tde_verify()")
 }
 
+/// Writes, next to a relation's `file`, a file (a relation no catalog
+/// knows) holding its stored block 0 with one encrypted byte changed.
+fn colliding_copy(file: &std::path::Path) -> PathBuf {
+    let mut block = std::fs::read(file).expect("read the relation file");
+    block.truncate(8192);
+    assert_eq!(block[11] >> 3 & 3, 1, "block 0 is in format 1");
+    block[4000] ^= 0x40;
+    let copy = file.with_file_name("999999");
+    os::write_file(&copy, &block, 0o600);
+    copy
+}
+
 #[test]
 fn a_cluster_written_by_0_2_0_runs_on_under_this_release() {
     let lib = release_0_2_0_lib();
@@ -75,6 +87,7 @@ fn a_cluster_written_by_0_2_0_runs_on_under_this_release() {
     // Unlogged contents do not survive the crash.
     before.remove("public.u");
     let gist = c.psql("SELECT count(*) FROM pts WHERE p <@ box '((10,10),(50,50))'");
+    let accounts = c.relation_file("pgbench_accounts");
     c.kill9();
     let stopped = tdectl_verify(&c);
     let text = stopped.text();
@@ -82,6 +95,15 @@ fn a_cluster_written_by_0_2_0_runs_on_under_this_release() {
         text.contains("format 1:") && !text.contains("format 2:"),
         "0.2.0 wrote only format 1 pages:\n{text}"
     );
+    assert!(text.contains("IV collisions:     0"), "{text}");
+    let colliding = colliding_copy(&accounts);
+    let collided = tdectl_verify(&c);
+    assert!(
+        !collided.success() && collided.text().contains("IV collisions:     1"),
+        "tdectl verify missed a shared keystream:\n{}",
+        collided.text()
+    );
+    std::fs::remove_file(&colliding).expect("remove the colliding copy");
 
     // This release.
     c.unset("dynamic_library_path");
@@ -104,6 +126,12 @@ fn a_cluster_written_by_0_2_0_runs_on_under_this_release() {
         mixed.contains("\"1\": "),
         "format 1 pages are counted: {mixed}"
     );
+    assert_eq!(c.psql("SELECT iv_collisions FROM tde_verify()"), "0");
+    // A file holding pgbench_accounts' block 0 with one byte changed: the
+    // same counter block (key, LSN, block, nonce) over other contents.
+    let colliding = colliding_copy(&accounts);
+    assert_eq!(c.psql("SELECT iv_collisions FROM tde_verify()"), "1");
+    std::fs::remove_file(&colliding).expect("remove the colliding copy");
     assert_eq!(c.psql("SELECT iv_collisions FROM tde_verify()"), "0");
     let rewritten: i64 = c
         .psql("SELECT tde_encrypt_all()")

@@ -435,3 +435,21 @@ fn server_without_tde_rejects_encrypted_pages() {
         }
     }
 }
+
+/// `full_page_writes = off` is refused: page format 2 rewrites every stored
+/// byte of a page whose LSN changed, which is torn-write safe only because
+/// PostgreSQL logs a full-page image before the change.
+#[test]
+fn refuses_full_page_writes_off() {
+    let dir = TestDir::new();
+    let key = dir.key_file("principal", &random_key_hex(), 0o600);
+    let (c, _) = encrypted(&dir, "main", &key);
+    let keyring = read(&c.keyring_path());
+    c.set("full_page_writes", "off");
+    let err = assert_refuses(&c, "full_page_writes is off; tde requires it on");
+    assert!(err.contains("Set full_page_writes = on"), "{err}");
+    assert_eq!(read(&c.keyring_path()), keyring, "the keyring changed");
+    c.set("full_page_writes", "on");
+    c.start();
+    assert_eq!(c.psql("SELECT count(*) FROM enc"), "5000");
+}
