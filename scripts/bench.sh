@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks, each reported as a ratio measured in this one run:
-#   1. page transform throughput vs `openssl speed -evp aes-256-ctr` (8 KiB)
+#   1. page transform throughput (8 KiB): XTS mode vs `openssl speed -evp
+#      aes-256-xts`, wide mode (HCTR2) vs `openssl speed -evp aes-256-ctr`
 #   2. WAL transform throughput vs `openssl speed -evp aes-256-xts` (8 KiB)
 #   3. pgbench TPS on a cluster with tde vs an identical cluster without it
 #   4. pgbench TPS with tde.wal_encryption on vs off
@@ -16,23 +17,29 @@ SCALE=${BENCH_SCALE:-30}
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
-echo "== page transform vs OpenSSL (one core, 8 KiB blocks)"
+# openssl prints rates in 1000s of bytes per second; the last column is 8192.
+openssl_rate() { # cipher
+    local k
+    k=$(openssl speed -evp "$1" -bytes 8192 -seconds 3 2>/dev/null | awk -v c="$1" 'tolower($1) == c {v=$NF} END {sub("k","",v); print v}')
+    awk -v k="$k" 'BEGIN {printf "%.0f", k*1000}'
+}
+
+echo "== page transform vs OpenSSL (one core, 8 KiB pages)"
 cargo build --release -q -p tde-core --example page_throughput
 ours=$(target/release/examples/page_throughput 2)
 echo "$ours"
-# openssl prints rates in 1000s of bytes per second; the last column is 8192.
-ossl_k=$(openssl speed -evp aes-256-ctr -bytes 8192 -seconds 3 2>/dev/null | awk 'tolower($1) == "aes-256-ctr" {v=$NF} END {sub("k","",v); print v}')
-ossl=$(awk -v k="$ossl_k" 'BEGIN {printf "%.0f", k*1000}')
-echo "openssl_aes_256_ctr $ossl"
-echo "$ours" | awk -v o="$ossl" '{printf "ratio %-22s %.2f (%.2f GB/s vs openssl %.2f GB/s)\n", $1, $2/o, $2/1e9, o/1e9}'
+ctr=$(openssl_rate aes-256-ctr)
+xts=$(openssl_rate aes-256-xts)
+echo "openssl_aes_256_ctr $ctr"
+echo "openssl_aes_256_xts $xts"
+echo "$ours" | awk -v ctr="$ctr" -v xts="$xts" '{
+    o = ($1 ~ /xts/) ? xts : ctr; name = ($1 ~ /xts/) ? "aes-256-xts" : "aes-256-ctr";
+    printf "ratio %-30s %.2f (%.2f GB/s vs openssl %s %.2f GB/s)\n", $1, $2/o, $2/1e9, name, o/1e9}'
 
 echo "== WAL transform vs OpenSSL (one core, 8 KiB pages)"
 cargo build --release -q -p tde-core --example wal_throughput
 wal=$(target/release/examples/wal_throughput 2 | grep -E '^wal_(encrypt|decrypt) ')
 echo "$wal"
-xts_k=$(openssl speed -evp aes-256-xts -bytes 8192 -seconds 3 2>/dev/null | awk 'tolower($1) == "aes-256-xts" {v=$NF} END {sub("k","",v); print v}')
-xts=$(awk -v k="$xts_k" 'BEGIN {printf "%.0f", k*1000}')
-echo "openssl_aes_256_xts $xts"
 echo "$wal" | awk -v o="$xts" '{printf "ratio %-22s %.2f (%.2f GB/s vs openssl %.2f GB/s)\n", $1, $2/o, $2/1e9, o/1e9}'
 
 echo "== pgbench: tde vs plain (scale $SCALE, ${SECONDS_PER_RUN}s per run, shared_buffers 32MB so pages cross the storage manager)"
@@ -64,19 +71,25 @@ CONF
     fi
     as_pg "$PG_BIN/pg_ctl" -D "$base/$c" -l "$base/$c.log" -w start >/dev/null
     as_pg "$PG_BIN/pgbench" -h "$base" -p "$port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+    # The same tables unlogged (tde's wide mode) in a database of their own.
+    as_pg "$PG_BIN/createdb" -h "$base" -p "$port" -U postgres unlogged
+    as_pg "$PG_BIN/pgbench" -h "$base" -p "$port" -U postgres -i -q -s "$SCALE" --unlogged-tables unlogged >/dev/null 2>&1
 done
 tps() { # cluster-port mode
-    local extra=()
-    [ "$2" = select ] && extra=(-S)
-    as_pg "$PG_BIN/pgbench" -h "$base" -p "$1" -U postgres -c 2 -j 2 -T "$SECONDS_PER_RUN" "${extra[@]}" postgres 2>/dev/null |
+    local extra=() db=postgres
+    case "$2" in
+    select) extra=(-S) ;;
+    select_unlogged) extra=(-S) db=unlogged ;;
+    esac
+    as_pg "$PG_BIN/pgbench" -h "$base" -p "$1" -U postgres -c 2 -j 2 -T "$SECONDS_PER_RUN" "${extra[@]}" "$db" 2>/dev/null |
         awk '/^tps/ {print $3; exit}'
 }
-for mode in select tpcb; do
+for mode in select select_unlogged tpcb; do
     p1=$(tps 5591 "$mode"); t1=$(tps 5592 "$mode")
     p2=$(tps 5591 "$mode"); t2=$(tps 5592 "$mode")
     awk -v m="$mode" -v p1="$p1" -v p2="$p2" -v t1="$t1" -v t2="$t2" 'BEGIN {
         p = (p1 + p2) / 2; t = (t1 + t2) / 2;
-        printf "pgbench %-6s plain %.0f tps, tde %.0f tps, ratio tde/plain %.3f\n", m, p, t, t / p }'
+        printf "pgbench %-15s plain %.0f tps, tde %.0f tps, ratio tde/plain %.3f\n", m, p, t, t / p }'
 done
 
 echo "== pgbench TPC-B-like: tde.wal_encryption on vs off (same tde cluster, restarted between)"

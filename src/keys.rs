@@ -121,6 +121,12 @@ unsafe extern "C-unwind" fn fill_table() {
         );
         unreachable!("FATAL does not return")
     });
+    // Epochs must not repeat across shared memory initializations: the
+    // postmaster itself may have cached keys of an earlier one (its WAL
+    // self-test reads them), and every process it forks inherits that cache.
+    static INITIALIZATIONS: AtomicU64 = AtomicU64::new(0);
+    let n = INITIALIZATIONS.fetch_add(1, Ordering::Relaxed) + 1;
+    TABLE.exclusive().epoch = n << 32;
     publish(&ring);
 }
 
