@@ -14,6 +14,7 @@ mod errors;
 mod guc;
 mod keyring_io;
 mod keys;
+mod redo_point;
 mod reencrypt;
 mod relpath;
 mod rotation;
@@ -50,6 +51,7 @@ pub extern "C-unwind" fn _PG_init() {
     attach::attach_wal_io();
     rotation::init();
     keys::init();
+    redo_point::init();
     attach::install_round_trip();
     log!(
         "tde: data encryption active (data key generation {}, principal key {})",

@@ -17,7 +17,7 @@ use tde_core::page::{
 
 use crate::attach::compat::StorageId;
 use crate::relpath::fork_kind;
-use crate::{errors, guc, keys, startup};
+use crate::{errors, guc, keys, redo_point, startup};
 
 #[cfg(feature = "pg15")]
 #[path = "smgr_hooks/pg15.rs"]
@@ -165,14 +165,28 @@ fn store_as(
 
 /// Whether a write of a page with LSN `lsn` is covered by a full-page
 /// image in WAL after the redo point crash recovery would start from: the
-/// page was then changed, with WAL, after the checkpoint that began last
-/// (whose redo pointer is at least that of the last completed one), and
-/// PostgreSQL logs a full-page image with the first change of a page after
-/// a checkpoint's redo pointer.
+/// page was then changed, with WAL, after the last completed checkpoint,
+/// and PostgreSQL logs a full-page image with the first change of a page
+/// after a checkpoint's redo pointer.
 fn protected_by_full_page_image(lsn: u64) -> bool {
-    // SAFETY: plain reads of a server variable and of the redo pointer
-    // under its spinlock, both valid in every process.
-    unsafe { pg_sys::fullPageWrites && lsn > pg_sys::GetRedoRecPtr() }
+    // SAFETY: a plain read of a server variable.
+    let full_page_writes = unsafe { pg_sys::fullPageWrites };
+    if !full_page_writes {
+        warn_full_page_writes_off();
+    }
+    full_page_writes && lsn > redo_point::completed()
+}
+
+/// tde refuses to start with `full_page_writes = off`; turned off by a
+/// reload, every rewrite of a page under a new LSN loses its protection
+/// against torn writes. Said once per process.
+fn warn_full_page_writes_off() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        pgrx::warning!(
+            "tde: full_page_writes is off: encrypted pages rewritten under a new LSN are not protected against torn writes; set it back on"
+        );
+    }
 }
 
 /// Whether `storage`'s relation is unlogged: it has an init fork.

@@ -39,6 +39,10 @@ struct Tracked {
 }
 
 thread_local! {
+    /// The descriptor of `global/pg_control` opened for writing, if any:
+    /// what is written there names the last completed checkpoint's redo
+    /// pointer (see `redo_point`).
+    static CONTROL_FD: std::cell::Cell<c_int> = const { std::cell::Cell::new(-1) };
     static FDS: RefCell<Vec<Option<Tracked>>> = const { RefCell::new(Vec::new()) };
     /// This process's WAL cipher and the key epoch it was built for.
     static CIPHER: RefCell<Option<(u64, WalCipher)>> = const { RefCell::new(None) };
@@ -135,6 +139,40 @@ fn classify(path: &[u8]) -> Option<Kind> {
     Some(Kind::Segment {
         start: segno * size,
     })
+}
+
+/// Whether `path` is the control file (relative to the data directory, the
+/// server's working directory, or absolute under it).
+fn is_control_file(path: &[u8]) -> bool {
+    const CONTROL: &[u8] = b"global/pg_control";
+    if path == CONTROL {
+        return true;
+    }
+    let Some(rel) = path.strip_suffix(CONTROL) else {
+        return false;
+    };
+    let mut dir = crate::startup::data_dir()
+        .into_os_string()
+        .into_encoded_bytes();
+    dir.push(b'/');
+    rel == dir.as_slice()
+}
+
+/// After a write of `count` bytes of `buf` at `offset` to `fd`: publishes
+/// the redo pointer when `fd` is the control file.
+fn after_write(fd: c_int, buf: *const c_void, written: ssize_t, offset: Option<u64>) {
+    if written <= 0 || CONTROL_FD.with(|c| c.get()) != fd {
+        return;
+    }
+    let e = errno();
+    // SAFETY: the server's buffer holds at least the `written` bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), written as usize) };
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(offset) = offset {
+            crate::redo_point::observe_control_write(bytes, offset);
+        }
+    });
+    set_errno(e);
 }
 
 /// Processes that must see WAL files as stored when they open them to read:
@@ -583,6 +621,9 @@ pub unsafe extern "C" fn tde_open(path: *const c_char, flags: c_int, mode: libc:
                 .ok()
                 .flatten();
         set_tracked(fd, kind.map(|kind| Tracked { kind, salt: None }));
+        if flags & libc::O_ACCMODE != libc::O_RDONLY && is_control_file(p) {
+            CONTROL_FD.with(|c| c.set(fd));
+        }
         set_errno(e);
     }
     fd
@@ -592,6 +633,11 @@ pub unsafe extern "C" fn tde_close(fd: c_int) -> c_int {
     if tracked(fd).is_some() {
         set_tracked(fd, None);
     }
+    CONTROL_FD.with(|c| {
+        if c.get() == fd {
+            c.set(-1);
+        }
+    });
     // SAFETY: forwarding the server's descriptor.
     unsafe { libc::close(fd) }
 }
@@ -611,7 +657,7 @@ pub unsafe extern "C" fn tde_pread(
 }
 
 pub unsafe extern "C" fn tde_read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
-    let (t, pos) = match tracked(fd).zip(current_offset(fd)) {
+    let (t, pos) = match tracked(fd).and_then(|t| Some((t, current_offset(fd)?))) {
         Some(found) => found,
         // SAFETY: forwarding the server's arguments.
         None => return unsafe { libc::read(fd, buf, count) },
@@ -649,16 +695,28 @@ pub unsafe extern "C" fn tde_pwrite(
             let src = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), count) };
             guarded(|| tracked_pwrite(fd, t, src, offset as u64))
         }
-        // SAFETY: forwarding the server's arguments.
-        _ => unsafe { libc::pwrite(fd, buf, count, offset) },
+        _ => {
+            // SAFETY: forwarding the server's arguments.
+            let n = unsafe { libc::pwrite(fd, buf, count, offset) };
+            after_write(fd, buf, n, u64::try_from(offset).ok());
+            n
+        }
     }
 }
 
 pub unsafe extern "C" fn tde_write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    let (t, pos) = match tracked(fd).zip(current_offset(fd)) {
+    let (t, pos) = match tracked(fd).and_then(|t| Some((t, current_offset(fd)?))) {
         Some(found) if count > 0 => found,
-        // SAFETY: forwarding the server's arguments.
-        _ => return unsafe { libc::write(fd, buf, count) },
+        _ => {
+            let control = CONTROL_FD.with(|c| c.get()) == fd;
+            let offset = if control { current_offset(fd) } else { None };
+            // SAFETY: forwarding the server's arguments.
+            let n = unsafe { libc::write(fd, buf, count) };
+            if control {
+                after_write(fd, buf, n, offset);
+            }
+            return n;
+        }
     };
     // SAFETY: the server's buffer holds `count` bytes.
     let src = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), count) };

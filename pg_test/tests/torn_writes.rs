@@ -130,7 +130,8 @@ impl Versions {
     }
 
     /// XTS mode under one generation, and stored bytes that changed only in
-    /// the sectors whose plaintext changed.
+    /// the sectors whose plaintext changed, or that an empty page stored as
+    /// zeros (they read as zeros either way).
     fn check_stored_change(&self, checksums: bool) {
         let what = self.what;
         for stored in [&self.old_stored, &self.new_stored] {
@@ -145,9 +146,17 @@ impl Versions {
             plain_sectors.insert(0, 0);
             plain_sectors.dedup();
         }
+        let zero = |p: &Page, k: usize| p[k * SECTOR..(k + 1) * SECTOR].iter().all(|&b| b == 0);
+        let stored_sectors: Vec<usize> = sectors_differing(&self.old_stored, &self.new_stored)
+            .into_iter()
+            .filter(|&k| {
+                plain_sectors.contains(&k)
+                    || !(zero(&self.old_plain, k)
+                        && (zero(&self.old_stored, k) || zero(&self.new_stored, k)))
+            })
+            .collect();
         assert_eq!(
-            sectors_differing(&self.old_stored, &self.new_stored),
-            plain_sectors,
+            stored_sectors, plain_sectors,
             "{what}: stored sectors changed that PostgreSQL did not change"
         );
     }

@@ -68,7 +68,9 @@ impl StorageId {
     }
 
     /// The path of one fork relative to the data directory
-    /// (`base/5/16384_fsm`, `base/5/t3_16390`).
+    /// (`base/5/16384_fsm`, `base/5/t3_16390`). Allocates nothing in
+    /// PostgreSQL's memory contexts: the write path calls it for every
+    /// write, in processes whose contexts live as long as they do.
     pub fn fork_path(&self, fork: ForkNumber::Type) -> String {
         let (db, spc, rel) = (
             pg_sys::Oid::from(self.database),
@@ -76,13 +78,15 @@ impl StorageId {
             self.relfilenode.into(),
         );
         // SAFETY: GetRelationPath only formats its arguments, into a
-        // palloc'd C string (15, 17) or a returned fixed-size buffer (18),
-        // which is copied at once.
+        // palloc'd C string (15, 17), copied at once and freed, or a
+        // returned fixed-size buffer (18), copied at once.
         unsafe {
             #[cfg(any(feature = "pg15", feature = "pg17"))]
             {
                 let p = pg_sys::GetRelationPath(db, spc, rel, self.backend, fork);
-                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                let path = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+                pg_sys::pfree(p.cast());
+                path
             }
             #[cfg(feature = "pg18")]
             {

@@ -10,9 +10,14 @@
 //!   one data unit, laid out so that no cipher block spans two 512-byte
 //!   sectors: the data unit is bytes 32..8192 followed by bytes 12..32 (its
 //!   last full block and the 4-byte stolen block both lie in sector 0).
-//!   Every stored 16-byte block depends only on its own plaintext block and
-//!   position, so a torn write reads back, sector by sector, as the old or
-//!   the new plaintext. Used for permanent relations.
+//!   Each stored 16-byte block from byte 32 on depends only on its own
+//!   plaintext block and position (bytes 12..32 depend on each other, all
+//!   within sector 0), so a torn write reads back, sector by sector, as the
+//!   old or the new plaintext. Two rules extend that to sectors PostgreSQL
+//!   has not written yet: a stored sector (past sector 0) that is all zeros
+//!   reads as zeros, and a page that is empty past its 24-byte header (as
+//!   `PageInit` leaves it) is stored with sectors 1 to 15 all zeros. Used
+//!   for permanent relations.
 //!
 //! Both take the same 128-bit tweak, read back from where the page is:
 //! `pd_lsn (u64 LE) ‖ block number (u32 LE) ‖ relfilenumber (u32 LE)`;
@@ -67,15 +72,33 @@ pub fn tweak(lsn: u64, block: u32, relfilenumber: u32) -> [u8; 16] {
     t
 }
 
+/// `PageHeaderData`'s size: what an empty page has besides zeros.
+const PAGE_HEADER: usize = 24;
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+/// The sectors after sector 0 as byte ranges.
+fn later_sectors() -> impl Iterator<Item = std::ops::Range<usize>> {
+    (1..PAGE_SIZE / SECTOR).map(|k| k * SECTOR..(k + 1) * SECTOR)
+}
+
 /// Encrypts bytes 12.. of `page` in place; the tweak's LSN is the page's.
 pub fn encrypt(keys: &ForkKeys, mode: Mode, page: &mut Page, block: u32, relfilenumber: u32) {
     let t = tweak(super::page_lsn(page), block, relfilenumber);
     match mode {
         Mode::Wide => keys.wide.encrypt(&t, &mut page[ENCRYPTED_FROM..]),
         Mode::Xts => {
+            // An empty page keeps its zero sectors: a torn write of it over
+            // a block not written yet then reads back as PostgreSQL wrote it.
+            let empty = all_zero(&page[PAGE_HEADER..]);
             let (head, body) = page.split_at_mut(XTS_BODY_FROM);
             keys.xts
                 .encrypt_parts(u128::from_le_bytes(t), body, &mut head[ENCRYPTED_FROM..]);
+            if empty {
+                page[SECTOR..].fill(0);
+            }
         }
     }
 }
@@ -86,9 +109,17 @@ pub fn decrypt(keys: &ForkKeys, mode: Mode, page: &mut Page, block: u32, relfile
     match mode {
         Mode::Wide => keys.wide.decrypt(&t, &mut page[ENCRYPTED_FROM..]),
         Mode::Xts => {
+            // Sectors still as the file was extended, or as an empty page
+            // stores them: zeros, not ciphertext.
+            let zero: Vec<std::ops::Range<usize>> = later_sectors()
+                .filter(|r| all_zero(&page[r.clone()]))
+                .collect();
             let (head, body) = page.split_at_mut(XTS_BODY_FROM);
             keys.xts
                 .decrypt_parts(u128::from_le_bytes(t), body, &mut head[ENCRYPTED_FROM..]);
+            for r in zero {
+                page[r].fill(0);
+            }
         }
     }
 }
