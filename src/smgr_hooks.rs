@@ -106,7 +106,12 @@ unsafe fn decrypt_read(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Store {
     Plaintext,
-    Encrypt { mode: Mode, generation: u8 },
+    Encrypt {
+        mode: Mode,
+        generation: u8,
+        /// See [`RewritePlan::OverZeros`].
+        keep_zero_sectors: bool,
+    },
 }
 
 /// What a write is, for choosing how to store its pages.
@@ -141,23 +146,26 @@ fn store_as(
     protected: bool,
     plan: impl FnOnce() -> RewritePlan,
 ) -> Store {
-    let fresh = |mode| match encrypt {
+    let fresh = |mode, keep_zero_sectors| match encrypt {
         true => Store::Encrypt {
             mode,
             generation: current,
+            keep_zero_sectors,
         },
         false => Store::Plaintext,
     };
     match kind {
-        Kind::Transient => fresh(Mode::Wide),
-        Kind::NewBlock => fresh(Mode::Xts),
-        Kind::Rewrite if protected => fresh(Mode::Xts),
+        Kind::Transient => fresh(Mode::Wide, false),
+        Kind::NewBlock => fresh(Mode::Xts, false),
+        Kind::Rewrite if protected => fresh(Mode::Xts, false),
         Kind::Rewrite => match plan() {
-            RewritePlan::Fresh => fresh(Mode::Xts),
+            RewritePlan::Fresh => fresh(Mode::Xts, false),
+            RewritePlan::OverZeros => fresh(Mode::Xts, true),
             RewritePlan::KeepPlaintext => Store::Plaintext,
             RewritePlan::KeepGeneration(generation) => Store::Encrypt {
                 mode: Mode::Xts,
                 generation,
+                keep_zero_sectors: false,
             },
         },
     }
@@ -261,12 +269,16 @@ unsafe fn with_encrypted<R>(
                     plan_rewrite(&stored, lsn)
                 },
             );
-            let (mode, generation) = match store {
+            let (mode, generation, keep_zero_sectors) = match store {
                 Store::Plaintext => {
                     targets.push(src);
                     continue;
                 }
-                Store::Encrypt { mode, generation } => (mode, generation),
+                Store::Encrypt {
+                    mode,
+                    generation,
+                    keep_zero_sectors,
+                } => (mode, generation, keep_zero_sectors),
             };
             let params = WriteParams {
                 block,
@@ -275,6 +287,7 @@ unsafe fn with_encrypted<R>(
                 generation,
                 mode,
                 checksums: checksums_enabled(),
+                keep_zero_sectors,
             };
             match guard.keys.page.encrypt_in_place(&mut copy.0, &params) {
                 Ok(WriteOutcome::Encrypted) => targets.push(copy.0.as_ptr().cast::<c_char>()),

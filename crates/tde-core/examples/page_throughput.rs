@@ -51,6 +51,7 @@ fn main() {
             generation: 1,
             mode,
             checksums,
+            keep_zero_sectors: false,
         };
         measure(&format!("page_encrypt{suffix}"), seconds, || {
             black_box(cipher.encrypt(&src, &mut dst, &p).unwrap());

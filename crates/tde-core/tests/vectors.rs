@@ -846,6 +846,7 @@ fn page_vector_c_format2_wide_with_checksums() {
         generation: 3,
         mode: Mode::Wide,
         checksums: true,
+        keep_zero_sectors: false,
     };
     let src = plain;
     assert_eq!(
@@ -922,6 +923,7 @@ fn page_vector_d_format2_xts() {
         generation: 200,
         mode: Mode::Xts,
         checksums: false,
+        keep_zero_sectors: false,
     };
     assert_eq!(
         cipher.encrypt_in_place(&mut enc, &params).unwrap(),

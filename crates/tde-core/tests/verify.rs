@@ -37,6 +37,7 @@ fn encrypted(cipher: &PageCipher, generation: u8, block: u32) -> Vec<u8> {
         generation,
         mode: Mode::Xts,
         checksums: true,
+        keep_zero_sectors: false,
     };
     cipher.encrypt(&heap_page(0x1000, 0), &mut dst, &p).unwrap();
     dst.to_vec()

@@ -188,6 +188,9 @@ pub struct WriteParams {
     pub mode: Mode,
     /// Maintain `pd_checksum` (the cluster has data checksums on).
     pub checksums: bool,
+    /// XTS mode only: store each sector after sector 0 whose plaintext is
+    /// all zeros as zeros ([`RewritePlan::OverZeros`]).
+    pub keep_zero_sectors: bool,
 }
 
 /// Every page key of one data key generation, expanded once.
@@ -252,6 +255,7 @@ impl PageCipher {
             page,
             p.block,
             p.relfilenumber,
+            p.keep_zero_sectors,
         );
         let format = match p.mode {
             Mode::Wide => FORMAT_WIDE,
@@ -397,6 +401,13 @@ pub enum RewritePlan {
     /// its generation, so that only the 16-byte blocks PostgreSQL changed
     /// change on disk.
     KeepGeneration(u8),
+    /// The block is zeros on disk (extended, never written): encrypt under
+    /// the current generation, keeping the sectors after sector 0 that are
+    /// zeros in plaintext as zeros. A torn write may keep the old, all-zero
+    /// sector 0 with new later sectors; a server without tde reads that as
+    /// zeros when those sectors are zeros, and so does tde, because a stored
+    /// sector after sector 0 that is all zeros reads as zeros.
+    OverZeros,
 }
 
 /// The plan for writing, in XTS mode, a page whose LSN is `lsn` over
@@ -408,6 +419,7 @@ pub fn plan_rewrite(stored: &Page, lsn: u64) -> RewritePlan {
         PageState::Encrypted(mark) if mark.format == FORMAT_XTS && page_lsn(stored) == lsn => {
             RewritePlan::KeepGeneration(mark.generation)
         }
+        PageState::Empty => RewritePlan::OverZeros,
         _ => RewritePlan::Fresh,
     }
 }

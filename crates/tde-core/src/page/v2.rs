@@ -16,8 +16,10 @@
 //!   old or the new plaintext. Two rules extend that to sectors PostgreSQL
 //!   has not written yet: a stored sector (past sector 0) that is all zeros
 //!   reads as zeros, and a page that is empty past its 24-byte header (as
-//!   `PageInit` leaves it) is stored with sectors 1 to 15 all zeros. Used
-//!   for permanent relations.
+//!   `PageInit` leaves it), or written for the first time over a block that
+//!   is zeros on disk without a full-page image to repair it, is stored
+//!   with its zero sectors after sector 0 as zeros. Used for permanent
+//!   relations.
 //!
 //! Both take the same 128-bit tweak, read back from where the page is:
 //! `pd_lsn (u64 LE) ‖ block number (u32 LE) ‖ relfilenumber (u32 LE)`;
@@ -85,19 +87,36 @@ fn later_sectors() -> impl Iterator<Item = std::ops::Range<usize>> {
 }
 
 /// Encrypts bytes 12.. of `page` in place; the tweak's LSN is the page's.
-pub fn encrypt(keys: &ForkKeys, mode: Mode, page: &mut Page, block: u32, relfilenumber: u32) {
+/// In XTS mode, `keep_zero_sectors` stores every sector after sector 0
+/// whose plaintext is all zeros as zeros (a first write over a block that
+/// is zeros on disk); an empty page does so whatever it says.
+pub fn encrypt(
+    keys: &ForkKeys,
+    mode: Mode,
+    page: &mut Page,
+    block: u32,
+    relfilenumber: u32,
+    keep_zero_sectors: bool,
+) {
     let t = tweak(super::page_lsn(page), block, relfilenumber);
     match mode {
         Mode::Wide => keys.wide.encrypt(&t, &mut page[ENCRYPTED_FROM..]),
         Mode::Xts => {
-            // An empty page keeps its zero sectors: a torn write of it over
-            // a block not written yet then reads back as PostgreSQL wrote it.
-            let empty = all_zero(&page[PAGE_HEADER..]);
+            // Zero sectors kept as zeros: a torn write of the page over a
+            // block not written yet then reads back as PostgreSQL wrote it.
+            let zero: Vec<std::ops::Range<usize>> =
+                if keep_zero_sectors || all_zero(&page[PAGE_HEADER..]) {
+                    later_sectors()
+                        .filter(|r| all_zero(&page[r.clone()]))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
             let (head, body) = page.split_at_mut(XTS_BODY_FROM);
             keys.xts
                 .encrypt_parts(u128::from_le_bytes(t), body, &mut head[ENCRYPTED_FROM..]);
-            if empty {
-                page[SECTOR..].fill(0);
+            for r in zero {
+                page[r].fill(0);
             }
         }
     }
