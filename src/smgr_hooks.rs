@@ -135,7 +135,8 @@ enum Kind {
 ///   generation;
 /// - other rewrites: what `plan` (the version on disk compared with the
 ///   page's LSN) says, so that a torn write changes only the bytes
-///   PostgreSQL changed.
+///   PostgreSQL changed; a free space or visibility map page (`map_fork`)
+///   written over a block still zeros keeps its zero sectors as zeros.
 ///
 /// With data encryption off, what would be encrypted afresh is written in
 /// plaintext; a rewrite keeps an encrypted version encrypted.
@@ -144,6 +145,7 @@ fn store_as(
     current: u8,
     kind: Kind,
     protected: bool,
+    map_fork: bool,
     plan: impl FnOnce() -> RewritePlan,
 ) -> Store {
     let fresh = |mode, keep_zero_sectors| match encrypt {
@@ -160,7 +162,11 @@ fn store_as(
         Kind::Rewrite if protected => fresh(Mode::Xts, false),
         Kind::Rewrite => match plan() {
             RewritePlan::Fresh => fresh(Mode::Xts, false),
-            RewritePlan::OverZeros => fresh(Mode::Xts, true),
+            // Other forks' pages written without an image over zeros belong
+            // to relations whose creating transaction has not committed
+            // (see the residual case R1): a crash discards them, so keeping
+            // their zero sectors would reveal how full they are for nothing.
+            RewritePlan::OverZeros => fresh(Mode::Xts, map_fork),
             RewritePlan::KeepPlaintext => Store::Plaintext,
             RewritePlan::KeepGeneration(generation) => Store::Encrypt {
                 mode: Mode::Xts,
@@ -263,6 +269,10 @@ unsafe fn with_encrypted<R>(
                 guard.generation(),
                 kind,
                 protected_by_full_page_image(lsn),
+                matches!(
+                    forknum,
+                    ForkNumber::FSM_FORKNUM | ForkNumber::VISIBILITYMAP_FORKNUM
+                ),
                 || {
                     // SAFETY: reln is live.
                     let stored = unsafe { read_stored(reln, forknum, block) };

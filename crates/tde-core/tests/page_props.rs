@@ -511,7 +511,11 @@ proptest! {
     /// uses, and starts afresh otherwise.
     #[test]
     fn rewrite_plan(spec in page_spec(), p in write_params(), other_lsn in lsn(), nonce in any::<u16>()) {
-        let src = spec.build();
+        let mut src = spec.build();
+        // pd_lower, pd_upper, pd_special as PostgreSQL's verification wants.
+        for (at, v) in [(12, 64u16), (14, 4096), (16, 8192)] {
+            src[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
         let same = spec.lsn;
         prop_assert_eq!(plan_rewrite(&src, same), RewritePlan::KeepPlaintext);
         let xts = encrypt(&src, &WriteParams { mode: Mode::Xts, ..p });
@@ -519,6 +523,15 @@ proptest! {
         let wide = encrypt(&src, &WriteParams { mode: Mode::Wide, ..p });
         prop_assert_eq!(plan_rewrite(&wide, same), RewritePlan::Fresh);
         prop_assert_eq!(plan_rewrite(&[0u8; PAGE_SIZE], same), RewritePlan::OverZeros);
+        // A torn first write that kept the zero first sector: neither a
+        // plaintext page to keep in plaintext nor zeros.
+        let mut torn = xts;
+        torn[..SECTOR].fill(0);
+        prop_assert_eq!(plan_rewrite(&torn, 0), RewritePlan::Fresh);
+        // A plaintext version PostgreSQL would reject is not kept either.
+        let mut bad = src;
+        bad[14..16].copy_from_slice(&0u16.to_le_bytes());
+        prop_assert_eq!(plan_rewrite(&bad, same), RewritePlan::Fresh);
         if other_lsn != same {
             prop_assert_eq!(plan_rewrite(&src, other_lsn), RewritePlan::Fresh);
             prop_assert_eq!(plan_rewrite(&xts, other_lsn), RewritePlan::Fresh);

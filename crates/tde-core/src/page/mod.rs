@@ -392,10 +392,12 @@ fn finish_write(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RewritePlan {
     /// Encrypt under the current generation: the stored version has another
-    /// LSN (or is empty), so this write is not a rewrite of it.
+    /// LSN, or is not a page PostgreSQL would read, so this write is not a
+    /// rewrite of it.
     Fresh,
-    /// The stored version is plaintext with the same LSN: write plaintext,
-    /// so that only the bytes PostgreSQL changed change on disk.
+    /// The stored version is plaintext with the same LSN and a header
+    /// PostgreSQL accepts: write plaintext, so that only the bytes
+    /// PostgreSQL changed change on disk.
     KeepPlaintext,
     /// The stored version is in XTS mode with the same LSN: encrypt under
     /// its generation, so that only the 16-byte blocks PostgreSQL changed
@@ -410,12 +412,31 @@ pub enum RewritePlan {
     OverZeros,
 }
 
+/// Whether PostgreSQL's page verification accepts the header of `page`, a
+/// page that is not all zeros: what it checks before the checksum. A
+/// stored page that fails it is not a plaintext version to keep in
+/// plaintext; a torn first write that kept the zero first sector over
+/// encrypted later sectors is one, and PostgreSQL rewrites such a free
+/// space map page after zeroing it in memory.
+fn plain_header_is_sane(page: &Page) -> bool {
+    let u16_at = |at: usize| u16::from_le_bytes([page[at], page[at + 1]]) as usize;
+    let (lower, upper, special) = (u16_at(12), u16_at(14), u16_at(16));
+    upper != 0
+        && flags(page) & !PG_FLAG_BITS == 0
+        && lower <= upper
+        && upper <= special
+        && special <= PAGE_SIZE
+        && special.is_multiple_of(8)
+}
+
 /// The plan for writing, in XTS mode, a page whose LSN is `lsn` over
 /// `stored`, the version of the same block on disk. See
 /// `docs/format/pages.md`, "Torn writes".
 pub fn plan_rewrite(stored: &Page, lsn: u64) -> RewritePlan {
     match classify(stored) {
-        PageState::Plain if page_lsn(stored) == lsn => RewritePlan::KeepPlaintext,
+        PageState::Plain if page_lsn(stored) == lsn && plain_header_is_sane(stored) => {
+            RewritePlan::KeepPlaintext
+        }
         PageState::Encrypted(mark) if mark.format == FORMAT_XTS && page_lsn(stored) == lsn => {
             RewritePlan::KeepGeneration(mark.generation)
         }

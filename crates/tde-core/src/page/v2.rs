@@ -16,9 +16,9 @@
 //!   old or the new plaintext. Two rules extend that to sectors PostgreSQL
 //!   has not written yet: a stored sector (past sector 0) that is all zeros
 //!   reads as zeros, and a page that is empty past its 24-byte header (as
-//!   `PageInit` leaves it), or written for the first time over a block that
-//!   is zeros on disk without a full-page image to repair it, is stored
-//!   with its zero sectors after sector 0 as zeros. Used for permanent
+//!   `PageInit` leaves it), or a map page written over a block that is
+//!   zeros on disk without a full-page image to repair it, is stored with
+//!   its zero sectors after sector 0 as zeros. Used for permanent
 //!   relations.
 //!
 //! Both take the same 128-bit tweak, read back from where the page is:
@@ -81,15 +81,30 @@ fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
-/// The sectors after sector 0 as byte ranges.
-fn later_sectors() -> impl Iterator<Item = std::ops::Range<usize>> {
-    (1..PAGE_SIZE / SECTOR).map(|k| k * SECTOR..(k + 1) * SECTOR)
+/// The byte range of sector `k`.
+fn sector(k: usize) -> std::ops::Range<usize> {
+    k * SECTOR..(k + 1) * SECTOR
+}
+
+/// The sectors after sector 0 that are all zeros, as a bit set (bit k for
+/// sector k).
+fn zero_sectors(page: &Page) -> u16 {
+    (1..PAGE_SIZE / SECTOR)
+        .filter(|&k| all_zero(&page[sector(k)]))
+        .fold(0, |set, k| set | 1 << k)
+}
+
+fn fill_zero_sectors(page: &mut Page, set: u16) {
+    for k in (1..PAGE_SIZE / SECTOR).filter(|&k| set & 1 << k != 0) {
+        page[sector(k)].fill(0);
+    }
 }
 
 /// Encrypts bytes 12.. of `page` in place; the tweak's LSN is the page's.
 /// In XTS mode, `keep_zero_sectors` stores every sector after sector 0
-/// whose plaintext is all zeros as zeros (a first write over a block that
-/// is zeros on disk); an empty page does so whatever it says.
+/// whose plaintext is all zeros as zeros (the write path asks for it on a
+/// free space or visibility map page's write over a block still zeros on
+/// disk); an empty page does so whatever it says.
 pub fn encrypt(
     keys: &ForkKeys,
     mode: Mode,
@@ -104,20 +119,14 @@ pub fn encrypt(
         Mode::Xts => {
             // Zero sectors kept as zeros: a torn write of the page over a
             // block not written yet then reads back as PostgreSQL wrote it.
-            let zero: Vec<std::ops::Range<usize>> =
-                if keep_zero_sectors || all_zero(&page[PAGE_HEADER..]) {
-                    later_sectors()
-                        .filter(|r| all_zero(&page[r.clone()]))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+            let zero = match keep_zero_sectors || all_zero(&page[PAGE_HEADER..]) {
+                true => zero_sectors(page),
+                false => 0,
+            };
             let (head, body) = page.split_at_mut(XTS_BODY_FROM);
             keys.xts
                 .encrypt_parts(u128::from_le_bytes(t), body, &mut head[ENCRYPTED_FROM..]);
-            for r in zero {
-                page[r].fill(0);
-            }
+            fill_zero_sectors(page, zero);
         }
     }
 }
@@ -130,15 +139,11 @@ pub fn decrypt(keys: &ForkKeys, mode: Mode, page: &mut Page, block: u32, relfile
         Mode::Xts => {
             // Sectors still as the file was extended, or as an empty page
             // stores them: zeros, not ciphertext.
-            let zero: Vec<std::ops::Range<usize>> = later_sectors()
-                .filter(|r| all_zero(&page[r.clone()]))
-                .collect();
+            let zero = zero_sectors(page);
             let (head, body) = page.split_at_mut(XTS_BODY_FROM);
             keys.xts
                 .decrypt_parts(u128::from_le_bytes(t), body, &mut head[ENCRYPTED_FROM..]);
-            for r in zero {
-                page[r].fill(0);
-            }
+            fill_zero_sectors(page, zero);
         }
     }
 }
