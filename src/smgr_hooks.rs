@@ -185,14 +185,15 @@ fn store_as(
 fn protected_by_full_page_image(lsn: u64) -> bool {
     // SAFETY: a plain read of a server variable.
     let full_page_writes = unsafe { pg_sys::fullPageWrites };
-    if !full_page_writes {
+    // SAFETY: a plain read of a flag the postmaster set from its options.
+    if !full_page_writes && !unsafe { pg_sys::IsBinaryUpgrade } {
         warn_full_page_writes_off();
     }
     full_page_writes && lsn > redo_point::completed()
 }
 
-/// tde refuses to start with `full_page_writes = off`; turned off by a
-/// reload, every rewrite of a page under a new LSN loses its protection
+/// tde refuses to start with `full_page_writes = off` (outside pg_upgrade's
+/// binary-upgrade mode); turned off by a reload, every rewrite of a page under a new LSN loses its protection
 /// against torn writes. Said once per process.
 fn warn_full_page_writes_off() {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

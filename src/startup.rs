@@ -51,10 +51,15 @@ pub fn principal_key() -> Result<tde_core::principal::PrincipalKey, Error> {
 /// its stored bytes, which is safe because PostgreSQL logs a full-page image
 /// of the page first; with `full_page_writes = off` it does not (see
 /// `docs/format/pages.md`, "Torn writes").
+///
+/// pg_upgrade starts the new cluster in binary-upgrade mode with
+/// `full_page_writes = off` and `fsync = off`: a crash there leaves a
+/// cluster pg_upgrade must build again from `initdb`, so no torn page of
+/// it is ever read back, and tde lets it run.
 pub fn require_full_page_writes() {
-    // SAFETY: a plain read of a server variable set from postgresql.conf
-    // before shared_preload_libraries are loaded.
-    if !unsafe { pg_sys::fullPageWrites } {
+    // SAFETY: plain reads of server variables set from the postmaster's
+    // options and postgresql.conf before shared_preload_libraries are loaded.
+    if !unsafe { pg_sys::fullPageWrites } && !unsafe { pg_sys::IsBinaryUpgrade } {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
