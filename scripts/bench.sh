@@ -5,6 +5,8 @@
 #   2. WAL transform throughput vs `openssl speed -evp aes-256-xts` (8 KiB)
 #   3. pgbench TPS on a cluster with tde vs an identical cluster without it
 #   4. pgbench TPS with tde.wal_encryption on vs off
+#   5. a sort and a hash join that spill to temporary files, and logical
+#      decoding of a transaction that spills, on the same two clusters
 # Environment: BENCH_SECONDS (pgbench run length, default 30),
 #              BENCH_SCALE (pgbench scale, default 30), PG_BIN.
 set -euo pipefail
@@ -42,7 +44,7 @@ wal=$(target/release/examples/wal_throughput 2 | grep -E '^wal_(encrypt|decrypt)
 echo "$wal"
 echo "$wal" | awk -v o="$xts" '{printf "ratio %-22s %.2f (%.2f GB/s vs openssl %.2f GB/s)\n", $1, $2/o, $2/1e9, o/1e9}'
 
-echo "== pgbench: tde vs plain (scale $SCALE, ${SECONDS_PER_RUN}s per run, shared_buffers 32MB so pages cross the storage manager)"
+echo "== setting up a plain and a tde cluster (scale $SCALE)"
 base=$(mktemp -d /var/tmp/tde-bench.XXXXXX)
 chmod 755 "$base"
 cleanup() {
@@ -75,6 +77,59 @@ CONF
     as_pg "$PG_BIN/createdb" -h "$base" -p "$port" -U postgres unlogged
     as_pg "$PG_BIN/pgbench" -h "$base" -p "$port" -U postgres -i -q -s "$SCALE" --unlogged-tables unlogged >/dev/null 2>&1
 done
+echo "== files PostgreSQL deletes at start: tde vs plain (same clusters; best of 3 alternating runs each)"
+# Wall-clock seconds of one psql script.
+timed() { # port db sql
+    local t0 t1
+    t0=$(date +%s.%N)
+    as_pg "$PG_BIN/psql" -X -q -h "$base" -p "$1" -U postgres -d "$2" -c "$3" >/dev/null
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}'
+}
+best() { sort -n | head -1; }
+spill_case() { # name db sql
+    local p=() t=() i
+    for i in 1 2 3; do
+        p+=("$(timed 5591 "$2" "$3")")
+        t+=("$(timed 5592 "$2" "$3")")
+    done
+    local bp bt
+    bp=$(printf '%s\n' "${p[@]}" | best)
+    bt=$(printf '%s\n' "${t[@]}" | best)
+    awk -v n="$1" -v p="$bp" -v t="$bt" 'BEGIN {
+        printf "%-34s plain %.2f s, tde %.2f s, ratio tde/plain (speed) %.3f\n", n, p, t, p / t }'
+}
+for port in 5591 5592; do
+    as_pg "$PG_BIN/psql" -X -q -h "$base" -p "$port" -U postgres -d postgres \
+        -c "ALTER SYSTEM SET wal_level = logical" \
+        -c "ALTER SYSTEM SET logical_decoding_work_mem = '64kB'" >/dev/null
+    c=$([ "$port" = 5591 ] && echo plain || echo tde)
+    as_pg "$PG_BIN/pg_ctl" -D "$base/$c" -l "$base/$c.log" -w restart >/dev/null
+    as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$base" -p "$port" -U postgres -d postgres >/dev/null <<'SQL'
+CREATE TABLE spill AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 2000000) g;
+VACUUM ANALYZE spill;
+CREATE TABLE decoded(id int, v text);
+CREATE PUBLICATION decoded FOR TABLE decoded;
+SELECT 1 FROM pg_create_logical_replication_slot('bench', 'pgoutput');
+INSERT INTO decoded SELECT g, md5(g::text) FROM generate_series(1, 300000) g;
+SQL
+done
+spill_case "sort 2M rows, work_mem 1MB" postgres \
+    "SET work_mem = '1MB'; SET max_parallel_workers_per_gather = 0;
+     SELECT count(*) FROM (SELECT v FROM spill ORDER BY v OFFSET 0) s"
+spill_case "hash join 2M x 2M, work_mem 1MB" postgres \
+    "SET work_mem = '1MB'; SET max_parallel_workers_per_gather = 0;
+     SET enable_mergejoin = off; SET enable_nestloop = off;
+     SELECT count(*) FROM spill a JOIN spill b USING (id)"
+spill_case "decoding a 300k-row transaction" postgres \
+    "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('bench', NULL, NULL,
+       'proto_version', '1', 'publication_names', 'decoded')"
+for port in 5591 5592; do
+    as_pg "$PG_BIN/psql" -X -q -h "$base" -p "$port" -U postgres -d postgres \
+        -c "SELECT pg_drop_replication_slot('bench')" >/dev/null
+done
+
+echo "== pgbench: tde vs plain (scale $SCALE, ${SECONDS_PER_RUN}s per run, shared_buffers 32MB so pages cross the storage manager, wal_level logical)"
 tps() { # cluster-port mode
     local extra=() db=postgres
     case "$2" in

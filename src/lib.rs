@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 mod attach;
 mod core_dumps;
 mod data_keys;
+mod ephemeral_files;
 mod errors;
 mod guc;
 mod keyring_io;
@@ -48,6 +49,8 @@ pub extern "C-unwind" fn _PG_init() {
     core_dumps::protect();
     state::install(startup::load_keys());
     attach::attach_storage_manager();
+    ephemeral_files::init()
+        .unwrap_or_else(|e| errors::raise("cannot draw the key for temporary files", &e));
     attach::attach_wal_io();
     rotation::init();
     keys::init();

@@ -29,6 +29,9 @@ enum Kind {
     Segment { start: u64 },
     /// `xlogtemp.*` (a segment being created or copied) or `RECOVERYXLOG`.
     Temp,
+    /// A file PostgreSQL deletes at every start (see `ephemeral_files`);
+    /// `append`: the server opened it with `O_APPEND`.
+    Ephemeral { file: u64, append: bool },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +58,7 @@ thread_local! {
 const DIRECT_ALIGN: usize = 4096;
 
 /// Runs `f` with a zeroed, `DIRECT_ALIGN`-aligned buffer of `len` bytes.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         s.clear();
@@ -65,12 +68,12 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     })
 }
 
-fn set_errno(e: c_int) {
+pub(crate) fn set_errno(e: c_int) {
     // SAFETY: errno is thread-local and always writable.
     unsafe { *libc::__errno_location() = e };
 }
 
-fn errno() -> c_int {
+pub(crate) fn errno() -> c_int {
     // SAFETY: as above.
     unsafe { *libc::__errno_location() }
 }
@@ -215,7 +218,7 @@ fn page_magic_ok(page: &[u8]) -> bool {
 fn segno(kind: Kind) -> Option<u64> {
     match kind {
         Kind::Segment { start } => Some(start / segment_size()),
-        Kind::Temp => None,
+        Kind::Temp | Kind::Ephemeral { .. } => None,
     }
 }
 
@@ -387,7 +390,7 @@ fn report_unwritable(e: &tde_core::Error) {
 
 /// Reads exactly `buf.len()` bytes at `offset` unless the file ends first;
 /// returns the count read.
-fn pread_full(fd: c_int, buf: &mut [u8], offset: u64) -> Result<usize, c_int> {
+pub(crate) fn pread_full(fd: c_int, buf: &mut [u8], offset: u64) -> Result<usize, c_int> {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: the destination range lies inside `buf`.
@@ -413,7 +416,7 @@ fn pread_full(fd: c_int, buf: &mut [u8], offset: u64) -> Result<usize, c_int> {
     Ok(done)
 }
 
-fn pwrite_full(fd: c_int, buf: &[u8], offset: u64) -> Result<(), c_int> {
+pub(crate) fn pwrite_full(fd: c_int, buf: &[u8], offset: u64) -> Result<(), c_int> {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: the source range lies inside `buf`.
@@ -479,6 +482,11 @@ fn salt_for(fd: c_int, t: Tracked, keys: &keys::WriteGuard) -> Result<SegmentSal
 /// Reads `count` bytes at `offset` of a tracked descriptor into `dst`,
 /// decrypted.
 fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64) -> ssize_t {
+    if let Kind::Ephemeral { file, .. } = kind {
+        // SAFETY: the caller's buffer holds `count` bytes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst, count) };
+        return crate::ephemeral_files::pread(fd, file, dst, offset);
+    }
     let aligned = offset.is_multiple_of(PAGE as u64) && count.is_multiple_of(PAGE);
     if aligned {
         // SAFETY: the caller's buffer holds `count` bytes.
@@ -533,6 +541,9 @@ fn is_history_text(src: &[u8]) -> bool {
 /// Writes `src` at `offset` of a tracked descriptor, encrypting whole pages;
 /// pages only partly covered are read, decrypted, merged and rewritten.
 fn tracked_pwrite(fd: c_int, t: Tracked, src: &[u8], offset: u64) -> ssize_t {
+    if let Kind::Ephemeral { file, .. } = t.kind {
+        return crate::ephemeral_files::pwrite(fd, file, src, offset);
+    }
     if matches!(t.kind, Kind::Temp) && offset == 0 && is_history_text(src) {
         // PostgreSQL writes a new timeline history file through
         // `xlogtemp.<pid>` too, then renames it to `<TLI>.history`. History
@@ -609,17 +620,48 @@ fn guarded(f: impl FnOnce() -> ssize_t) -> ssize_t {
 }
 
 pub unsafe extern "C" fn tde_open(path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
+    let ephemeral = if path.is_null() {
+        None
+    } else {
+        // SAFETY: the server passes a NUL-terminated path.
+        let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+        match std::panic::catch_unwind(|| crate::ephemeral_files::classify(p)) {
+            Ok(found) => found,
+            // A file that might need encrypting is not opened untracked.
+            Err(_) => {
+                set_errno(libc::EIO);
+                return -1;
+            }
+        }
+    };
+    // Units are read back and rewritten in place: a write-only descriptor
+    // could not read them, and O_APPEND would turn every write into an
+    // append (the wrappers find the end themselves, `tde_write`).
+    let open_flags = match ephemeral {
+        Some(_) if flags & libc::O_ACCMODE == libc::O_WRONLY => {
+            (flags & !libc::O_APPEND & !libc::O_ACCMODE) | libc::O_RDWR
+        }
+        Some(_) => flags & !libc::O_APPEND,
+        None => flags,
+    };
     // SAFETY: same arguments as the server passed; the mode is only read by
     // libc when O_CREAT or O_TMPFILE is set, as with a direct call.
-    let fd = unsafe { libc::open(path, flags, mode as libc::c_uint) };
+    let fd = unsafe { libc::open(path, open_flags, mode as libc::c_uint) };
     if fd >= 0 && !path.is_null() {
         let e = errno();
         // SAFETY: the server passes a NUL-terminated path.
         let p = unsafe { CStr::from_ptr(path) }.to_bytes();
-        let kind =
-            std::panic::catch_unwind(|| classify(p).filter(|_| !copies_files_as_stored(flags)))
-                .ok()
-                .flatten();
+        let kind = match ephemeral {
+            Some(file) => Some(Kind::Ephemeral {
+                file,
+                append: flags & libc::O_APPEND != 0,
+            }),
+            None => {
+                std::panic::catch_unwind(|| classify(p).filter(|_| !copies_files_as_stored(flags)))
+                    .ok()
+                    .flatten()
+            }
+        };
         set_tracked(fd, kind.map(|kind| Tracked { kind, salt: None }));
         if flags & libc::O_ACCMODE != libc::O_RDONLY && is_control_file(p) {
             CONTROL_FD.with(|c| c.set(fd));
@@ -657,10 +699,14 @@ pub unsafe extern "C" fn tde_pread(
 }
 
 pub unsafe extern "C" fn tde_read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
-    let (t, pos) = match tracked(fd).and_then(|t| Some((t, current_offset(fd)?))) {
-        Some(found) => found,
+    let Some(t) = tracked(fd) else {
         // SAFETY: forwarding the server's arguments.
-        None => return unsafe { libc::read(fd, buf, count) },
+        return unsafe { libc::read(fd, buf, count) };
+    };
+    // A tracked file is never read untransformed: a failed lseek fails the
+    // read with its errno.
+    let Some(pos) = current_offset(fd) else {
+        return -1;
     };
     let n = guarded(|| tracked_pread(fd, t.kind, buf.cast(), count, pos));
     if n > 0 {
@@ -705,9 +751,26 @@ pub unsafe extern "C" fn tde_pwrite(
 }
 
 pub unsafe extern "C" fn tde_write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    let (t, pos) = match tracked(fd).and_then(|t| Some((t, current_offset(fd)?))) {
-        Some(found) if count > 0 => found,
-        _ => {
+    let position = |t: Tracked| match t.kind {
+        Kind::Ephemeral { append: true, .. } => crate::ephemeral_files::append_offset(fd),
+        _ => current_offset(fd),
+    };
+    let tracked_pos = match tracked(fd) {
+        Some(t) if count > 0 => match position(t) {
+            Some(pos) => Some((t, pos)),
+            // Never written through untransformed: fail the write instead.
+            None => {
+                if errno() == 0 {
+                    set_errno(libc::EIO);
+                }
+                return -1;
+            }
+        },
+        _ => None,
+    };
+    let (t, pos) = match tracked_pos {
+        Some(found) => found,
+        None => {
             let control = CONTROL_FD.with(|c| c.get()) == fd;
             let offset = if control { current_offset(fd) } else { None };
             // SAFETY: forwarding the server's arguments.
@@ -754,7 +817,7 @@ pub unsafe extern "C" fn tde_pwritev(
             .map(|v| v.iov_len)
             .sum::<usize>()
             .is_multiple_of(PAGE);
-    if all_zero && whole_pages {
+    if all_zero && whole_pages && !matches!(t.kind, Kind::Ephemeral { .. }) {
         // SAFETY: forwarding the server's arguments.
         return unsafe { libc::pwritev(fd, iov, iovcnt, offset) };
     }
@@ -771,13 +834,35 @@ pub unsafe extern "C" fn tde_pwritev(
     guarded(|| tracked_pwrite(fd, t, &joined, offset as u64))
 }
 
+pub unsafe extern "C" fn tde_ftruncate(fd: c_int, length: off_t) -> c_int {
+    match tracked(fd) {
+        Some(Tracked {
+            kind: Kind::Ephemeral { file, .. },
+            ..
+        }) if length >= 0 => {
+            std::panic::catch_unwind(|| crate::ephemeral_files::ftruncate(fd, file, length as u64))
+                .unwrap_or_else(|_| {
+                    set_errno(libc::EIO);
+                    -1
+                })
+        }
+        Some(_) => {
+            // WAL files are never truncated; a truncation could cut a page.
+            set_errno(libc::EIO);
+            -1
+        }
+        // SAFETY: forwarding the server's arguments.
+        None => unsafe { libc::ftruncate(fd, length) },
+    }
+}
+
 /// How the attach layer treats one of the executable's file I/O imports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Handling {
     /// Rebound to this wrapper; `required`: the server must import it.
     Wrapped { wrapper: usize, required: bool },
-    /// Left alone, for the reason given: it cannot reach WAL data around
-    /// the wrappers.
+    /// Left alone, for the reason given: it cannot reach WAL data, or
+    /// that of the files `ephemeral_files` encrypts, around the wrappers.
     Harmless(&'static str),
 }
 
@@ -799,6 +884,7 @@ pub fn handling() -> Vec<(&'static str, Handling)> {
     type Write = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
     type Vector = unsafe extern "C" fn(c_int, *const iovec, c_int, off_t) -> ssize_t;
     type Dup = unsafe extern "C" fn(c_int) -> c_int;
+    type Ftruncate = unsafe extern "C" fn(c_int, off_t) -> c_int;
     type Dup2 = unsafe extern "C" fn(c_int, c_int) -> c_int;
     type CopyRange =
         unsafe extern "C" fn(c_int, *mut i64, c_int, *mut i64, size_t, libc::c_uint) -> ssize_t;
@@ -826,6 +912,16 @@ pub fn handling() -> Vec<(&'static str, Handling)> {
             wrapped(guards::tde_preadv as Vector as usize, false),
         ),
         ("dup", wrapped(guards::tde_dup as Dup as usize, false)),
+        (
+            "ftruncate",
+            wrapped(tde_ftruncate as Ftruncate as usize, false),
+        ),
+        (
+            "truncate",
+            Handling::Harmless(
+                "PostgreSQL truncates by path only relation files, to zero length when it drops them",
+            ),
+        ),
         ("dup2", wrapped(guards::tde_dup2 as Dup2 as usize, false)),
         (
             "copy_file_range",

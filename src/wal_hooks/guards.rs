@@ -1,7 +1,7 @@
 //! The executable's other file I/O imports that could reach a WAL file:
 //! `preadv` reads tracked descriptors like `pread`; `dup` and `dup2` carry
 //! the tracking over to the new descriptor; `copy_file_range` and `mmap` of
-//! a tracked descriptor, and `fopen`/`freopen` of a WAL file's path, are
+//! a tracked descriptor, and `fopen`/`freopen` of a tracked file's path, are
 //! refused (PostgreSQL does none of these on WAL files; a refusal is
 //! visible, a silent plaintext copy would not be).
 
@@ -89,14 +89,18 @@ pub unsafe extern "C" fn tde_mmap(
     unsafe { libc::mmap(addr, len, prot, flags, fd, offset) }
 }
 
-/// Whether `path` names a WAL file the wrappers would track.
+/// Whether `path` names a file the wrappers would track: WAL, or one that
+/// `ephemeral_files` encrypts.
 fn is_wal_path(path: *const c_char) -> bool {
     if path.is_null() {
         return false;
     }
     // SAFETY: the server passes a NUL-terminated path.
     let p = unsafe { CStr::from_ptr(path) }.to_bytes();
-    std::panic::catch_unwind(|| classify(p).is_some()).unwrap_or(true)
+    std::panic::catch_unwind(|| {
+        classify(p).is_some() || crate::ephemeral_files::classify(p).is_some()
+    })
+    .unwrap_or(true)
 }
 
 pub unsafe extern "C" fn tde_fopen(path: *const c_char, mode: *const c_char) -> *mut FILE {

@@ -9,6 +9,7 @@
 
 pub mod checksum;
 pub mod control;
+pub mod ephemeral;
 pub mod error;
 pub mod file_io;
 pub mod hctr2;

@@ -86,6 +86,46 @@ impl XtsAes256 {
         self.decrypt_parts(tweak, body, tail);
     }
 
+    /// Encrypts consecutive whole data units of `unit` bytes each (a
+    /// multiple of 16) in place, numbered `first`, `first + 1`, …: the same
+    /// as [`XtsAes256::encrypt_data_unit`] on each, with the units' tweaks
+    /// encrypted in one batch and no block done singly, which is what makes
+    /// short units (512 bytes) nearly as fast as long ones.
+    ///
+    /// # Panics
+    ///
+    /// If `unit` is not a positive multiple of 16 or `data` not a whole
+    /// number of units.
+    pub fn encrypt_units(&self, first: u128, unit: usize, data: &mut [u8]) {
+        self.whole_units(first, unit, data, true);
+    }
+
+    /// Inverse of [`XtsAes256::encrypt_units`].
+    pub fn decrypt_units(&self, first: u128, unit: usize, data: &mut [u8]) {
+        self.whole_units(first, unit, data, false);
+    }
+
+    fn whole_units(&self, first: u128, unit: usize, data: &mut [u8], encrypt: bool) {
+        assert!(
+            unit > 0 && unit.is_multiple_of(16) && data.len().is_multiple_of(unit),
+            "whole units of whole blocks"
+        );
+        let mut number = first;
+        for group in data.chunks_mut(unit * BATCH) {
+            let count = group.len() / unit;
+            let mut tweaks = [Block::default(); BATCH];
+            for (k, t) in tweaks[..count].iter_mut().enumerate() {
+                *t = Block::from(number.wrapping_add(k as u128).to_le_bytes());
+            }
+            self.tweak.encrypt_blocks(&mut tweaks[..count]);
+            for (u, t) in group.chunks_mut(unit).zip(&tweaks[..count]) {
+                let (blocks, _) = Block::slice_as_chunks_mut(u);
+                self.xex(blocks, u128::from_le_bytes(t.0), encrypt);
+            }
+            number = number.wrapping_add(count as u128);
+        }
+    }
+
     fn first_tweak(&self, tweak: u128) -> u128 {
         let mut t = Block::from(tweak.to_le_bytes());
         self.tweak.encrypt_block(&mut t);
@@ -158,5 +198,32 @@ impl XtsAes256 {
             }
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batched whole-unit path is the per-unit path: across batch
+    /// boundaries, for several unit sizes, both directions.
+    #[test]
+    fn batched_units_equal_single_units() {
+        let xts = XtsAes256::new(&Key256::from_bytes([7; 32]), &Key256::from_bytes([9; 32]));
+        for unit in [16usize, 512, 4096] {
+            for count in [1usize, 3, BATCH, BATCH + 5] {
+                let plain: Vec<u8> = (0..unit * count).map(|i| (i * 31 + 7) as u8).collect();
+                let first = (0xfeed_u128 << 64) | 0xffff_fffe;
+                let mut batched = plain.clone();
+                xts.encrypt_units(first, unit, &mut batched);
+                let mut single = plain.clone();
+                for (k, u) in single.chunks_mut(unit).enumerate() {
+                    xts.encrypt_data_unit(first + k as u128, u);
+                }
+                assert_eq!(batched, single, "unit {unit} count {count}");
+                xts.decrypt_units(first, unit, &mut batched);
+                assert_eq!(batched, plain, "unit {unit} count {count}");
+            }
+        }
     }
 }

@@ -1,0 +1,221 @@
+//! Files PostgreSQL deletes at every server start, encrypted under a key
+//! drawn in the postmaster that never leaves memory (format and argument:
+//! `docs/format/ephemeral.md`): temporary files in every tablespace's
+//! `pgsql_tmp` (sorts, hashes, tuplestores, shared file sets, the apply
+//! worker's streamed transactions), logical decoding spill files and the
+//! NOTIFY queue. The WAL wrappers (`wal_hooks`) track their descriptors and
+//! hand their reads, writes and truncations here.
+//!
+//! Like the WAL wrappers these never raise PostgreSQL errors: a failure is
+//! the call's own -1 and errno, which PostgreSQL reports as it would on a
+//! server without tde.
+
+use std::ffi::c_int;
+use std::sync::OnceLock;
+
+use libc::ssize_t;
+use tde_core::ephemeral::{
+    file_id, plan_truncate, plan_write, read_layout, read_window, EphemeralCipher, Plan, ReadLayout,
+};
+
+use crate::wal_hooks::{pread_full, pwrite_full, set_errno, with_scratch};
+
+static CIPHER: OnceLock<EphemeralCipher> = OnceLock::new();
+
+/// Draws this server lifetime's key; in the postmaster, before any process
+/// that could open such a file is forked.
+pub fn init() -> Result<(), tde_core::Error> {
+    let cipher = EphemeralCipher::generate()?;
+    let _ = CIPHER.set(cipher);
+    Ok(())
+}
+
+fn cipher() -> Result<&'static EphemeralCipher, c_int> {
+    CIPHER.get().ok_or(libc::EIO)
+}
+
+/// The file id of `path` (as the server opened it) when it is one of these
+/// files. Paths are relative to the data directory (the server's working
+/// directory) or absolute under it.
+pub fn classify(path: &[u8]) -> Option<u64> {
+    let rel = match path.first() {
+        Some(b'/') => {
+            let mut dir = crate::startup::data_dir()
+                .into_os_string()
+                .into_encoded_bytes();
+            dir.push(b'/');
+            path.strip_prefix(dir.as_slice())?
+        }
+        _ => path,
+    };
+    is_ephemeral(rel).then(|| file_id(rel))
+}
+
+/// `base/pgsql_tmp/…`, `pg_tblspc/<oid>/<version>/pgsql_tmp/…`,
+/// `pg_replslot/<slot>/xid-….spill` and `pg_notify/<segment>`.
+fn is_ephemeral(rel: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+    match parts.as_slice() {
+        [b"base", b"pgsql_tmp", _, ..] => true,
+        [b"pg_tblspc", _, _, b"pgsql_tmp", _, ..] => true,
+        [b"pg_replslot", _, name] => name.starts_with(b"xid-") && name.ends_with(b".spill"),
+        [b"pg_notify", name] => !name.is_empty() && name.iter().all(u8::is_ascii_hexdigit),
+        _ => false,
+    }
+}
+
+fn file_len(fd: c_int) -> Result<u64, c_int> {
+    // SAFETY: fstat into a zeroed stat buffer owned here.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the descriptor is the server's.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(crate::wal_hooks::errno());
+    }
+    Ok(st.st_size as u64)
+}
+
+fn outcome(r: Result<ssize_t, c_int>) -> ssize_t {
+    r.unwrap_or_else(|e| {
+        set_errno(e);
+        -1
+    })
+}
+
+/// `pread` of `dst.len()` bytes at `offset`, decrypted; short at the end of
+/// the file, as the plain call is.
+pub fn pread(fd: c_int, file: u64, dst: &mut [u8], offset: u64) -> ssize_t {
+    outcome((|| {
+        let cipher = cipher()?;
+        let mut window = read_window(offset, dst.len() as u64);
+        loop {
+            let done = with_scratch(
+                (window.end - window.start) as usize,
+                |s| -> Result<Option<ssize_t>, c_int> {
+                    let got = pread_full(fd, s, window.start)? as u64;
+                    let (len, whole) = match read_layout(&window, offset, got) {
+                        ReadLayout::Past => return Ok(Some(0)),
+                        ReadLayout::StartAt(start) => {
+                            window.start = start;
+                            return Ok(None);
+                        }
+                        ReadLayout::Units { len, whole } => (len, whole),
+                    };
+                    let whole = &mut s[..whole as usize];
+                    cipher.decrypt(file, len, window.start, whole);
+                    let skip = (offset - window.start) as usize;
+                    let n = (whole.len() - skip).min(dst.len());
+                    dst[..n].copy_from_slice(&whole[skip..skip + n]);
+                    Ok(Some(n as ssize_t))
+                },
+            )?;
+            if let Some(n) = done {
+                return Ok(n);
+            }
+        }
+    })())
+}
+
+/// Carries out `plan`: the stored units it reads, decrypted, with `patch`
+/// applied (it gets the plaintext of `plan.write`), encrypted and stored.
+fn rewrite(fd: c_int, file: u64, plan: &Plan, patch: impl FnOnce(&mut [u8])) -> Result<(), c_int> {
+    let cipher = cipher()?;
+    let read_len = (plan.read.end - plan.read.start) as usize;
+    let len = (plan.write.end - plan.write.start).max(plan.read.end - plan.read.start) as usize;
+    with_scratch(len, |s| {
+        if pread_full(fd, &mut s[..read_len], plan.read.start)? != read_len {
+            // The file shrank under us: nothing else writes these files.
+            return Err(libc::EIO);
+        }
+        cipher.decrypt(file, plan.old_len, plan.read.start, &mut s[..read_len]);
+        s[read_len..].fill(0);
+        let s = &mut s[..(plan.write.end - plan.write.start) as usize];
+        patch(s);
+        cipher.encrypt(file, plan.new_len, plan.write.start, s);
+        pwrite_full(fd, s, plan.write.start)
+    })
+}
+
+/// `pwrite` of `src` at `offset`, encrypted; all of it or -1.
+pub fn pwrite(fd: c_int, file: u64, src: &[u8], offset: u64) -> ssize_t {
+    if src.is_empty() {
+        return 0;
+    }
+    outcome((|| {
+        let plan = plan_write(file_len(fd)?, offset, src.len() as u64);
+        let at = (offset - plan.write.start) as usize;
+        rewrite(fd, file, &plan, |s| {
+            s[at..at + src.len()].copy_from_slice(src)
+        })?;
+        Ok(src.len() as ssize_t)
+    })())
+}
+
+/// The end of the file, where a descriptor the server opened with
+/// `O_APPEND` writes next (tde opens it without, to write units in place).
+pub fn append_offset(fd: c_int) -> Option<u64> {
+    file_len(fd).ok()
+}
+
+/// `ftruncate` to `len`: the new last unit is stored again first; growing
+/// writes encrypted zeros.
+pub fn ftruncate(fd: c_int, file: u64, len: u64) -> c_int {
+    let result = (|| {
+        let old_len = file_len(fd)?;
+        if len > old_len {
+            let zeros = vec![0u8; (len - old_len) as usize];
+            return match pwrite(fd, file, &zeros, old_len) {
+                -1 => Err(crate::wal_hooks::errno()),
+                _ => Ok(()),
+            };
+        }
+        if len < old_len {
+            rewrite(fd, file, &plan_truncate(old_len, len), |_| {})?;
+        }
+        // SAFETY: the server's descriptor and length.
+        match unsafe { libc::ftruncate(fd, len as libc::off_t) } {
+            0 => Ok(()),
+            _ => Err(crate::wal_hooks::errno()),
+        }
+    })();
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use super::is_ephemeral;
+
+    #[pg_test]
+    fn ephemeral_paths() {
+        for yes in [
+            &b"base/pgsql_tmp/pgsql_tmp123.4"[..],
+            b"base/pgsql_tmp/pgsql_tmp123.4.fileset/i1of2.p0.0",
+            b"base/pgsql_tmp/pgsql_tmp123.4.sharedfileset/16394-740.changes.0",
+            b"pg_tblspc/16384/PG_17_202406281/pgsql_tmp/pgsql_tmp99.0",
+            b"pg_replslot/s1/xid-740-lsn-0-3000000.spill",
+            b"pg_notify/0000",
+            b"pg_notify/000000000000000",
+        ] {
+            assert!(is_ephemeral(yes), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b"base/16384/16385"[..],
+            b"base/pgsql_tmp",
+            b"pg_replslot/s1/state",
+            b"pg_notify",
+            b"pg_xact/0000",
+            b"pg_wal/000000010000000000000001",
+            b"pg_tblspc/16384/PG_17_202406281/16384/16385",
+        ] {
+            assert!(!is_ephemeral(no), "{}", String::from_utf8_lossy(no));
+        }
+    }
+}
