@@ -10,6 +10,9 @@
 //! the call's own -1 and errno, which PostgreSQL reports as it would on a
 //! server without tde.
 
+use std::cell::RefCell;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::ffi::c_int;
 use std::sync::OnceLock;
 
@@ -85,6 +88,7 @@ fn outcome(r: Result<ssize_t, c_int>) -> ssize_t {
 /// the file, as the plain call is.
 pub fn pread(fd: c_int, file: u64, dst: &mut [u8], offset: u64) -> ssize_t {
     outcome((|| {
+        flush(fd)?;
         let cipher = cipher()?;
         let mut window = read_window(offset, dst.len() as u64);
         loop {
@@ -141,6 +145,7 @@ pub fn pwrite(fd: c_int, file: u64, src: &[u8], offset: u64) -> ssize_t {
         return 0;
     }
     outcome((|| {
+        flush(fd)?;
         let plan = plan_write(file_len(fd)?, offset, src.len() as u64);
         let at = (offset - plan.write.start) as usize;
         rewrite(fd, file, &plan, |s| {
@@ -150,16 +155,78 @@ pub fn pwrite(fd: c_int, file: u64, src: &[u8], offset: u64) -> ssize_t {
     })())
 }
 
-/// The end of the file, where a descriptor the server opened with
-/// `O_APPEND` writes next (tde opens it without, to write units in place).
-pub fn append_offset(fd: c_int) -> Option<u64> {
-    file_len(fd).ok()
+/// Bytes appended through a descriptor the server opened with `O_APPEND`
+/// and not stored yet. The reorder buffer appends each decoded change to
+/// its spill file with a `write()` of a hundred bytes or so and closes the
+/// file before anything reads it back; storing each would rewrite the
+/// file's last unit every time. They are stored together instead, once
+/// `FLUSH_AT` bytes have gathered, and before anything else happens to the
+/// descriptor through the wrappers (close, reads, writes at an offset,
+/// truncation, dup).
+struct Pending {
+    file: u64,
+    /// Where the first pending byte goes: the file's length when the first
+    /// of them was appended.
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+const FLUSH_AT: usize = 64 * 1024;
+
+thread_local! {
+    static PENDING: RefCell<HashMap<c_int, Pending>> = RefCell::new(HashMap::new());
+}
+
+/// `write()` through a descriptor opened with `O_APPEND`: all of `src`,
+/// stored at once or with later appends (see [`Pending`]).
+pub fn append(fd: c_int, file: u64, src: &[u8]) -> ssize_t {
+    outcome((|| {
+        let full = PENDING.with(|p| -> Result<bool, c_int> {
+            let mut p = p.borrow_mut();
+            let pending = match p.entry(fd) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => v.insert(Pending {
+                    file,
+                    start: file_len(fd)?,
+                    bytes: Vec::with_capacity(FLUSH_AT + 8192),
+                }),
+            };
+            pending.bytes.extend_from_slice(src);
+            Ok(pending.bytes.len() >= FLUSH_AT)
+        })?;
+        if full {
+            flush(fd)?;
+        }
+        Ok(src.len() as ssize_t)
+    })())
+}
+
+/// Stores what was appended through `fd` and not stored yet, and leaves
+/// the file position at the end, where an append leaves it. On failure
+/// the bytes are dropped, as a failed `write()` drops them.
+pub fn flush(fd: c_int) -> Result<(), c_int> {
+    let Some(pending) = PENDING.with(|p| p.borrow_mut().remove(&fd)) else {
+        return Ok(());
+    };
+    if pending.bytes.is_empty() {
+        return Ok(());
+    }
+    if pwrite(fd, pending.file, &pending.bytes, pending.start) < 0 {
+        return Err(crate::wal_hooks::errno());
+    }
+    let end = pending.start + pending.bytes.len() as u64;
+    // SAFETY: lseek on the server's descriptor.
+    if unsafe { libc::lseek(fd, end as libc::off_t, libc::SEEK_SET) } < 0 {
+        return Err(crate::wal_hooks::errno());
+    }
+    Ok(())
 }
 
 /// `ftruncate` to `len`: the new last unit is stored again first; growing
 /// writes encrypted zeros.
 pub fn ftruncate(fd: c_int, file: u64, len: u64) -> c_int {
     let result = (|| {
+        flush(fd)?;
         let old_len = file_len(fd)?;
         if len > old_len {
             let zeros = vec![0u8; (len - old_len) as usize];

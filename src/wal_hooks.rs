@@ -672,7 +672,12 @@ pub unsafe extern "C" fn tde_open(path: *const c_char, flags: c_int, mode: libc:
 }
 
 pub unsafe extern "C" fn tde_close(fd: c_int) -> c_int {
-    if tracked(fd).is_some() {
+    let mut flushed = Ok(());
+    if let Some(t) = tracked(fd) {
+        if matches!(t.kind, Kind::Ephemeral { append: true, .. }) {
+            flushed = std::panic::catch_unwind(|| crate::ephemeral_files::flush(fd))
+                .unwrap_or(Err(libc::EIO));
+        }
         set_tracked(fd, None);
     }
     CONTROL_FD.with(|c| {
@@ -681,7 +686,16 @@ pub unsafe extern "C" fn tde_close(fd: c_int) -> c_int {
         }
     });
     // SAFETY: forwarding the server's descriptor.
-    unsafe { libc::close(fd) }
+    let closed = unsafe { libc::close(fd) };
+    match flushed {
+        // Appends that could not be stored fail the close, as a file
+        // system that writes back at close reports it.
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+        Ok(()) => closed,
+    }
 }
 
 pub unsafe extern "C" fn tde_pread(
@@ -751,10 +765,19 @@ pub unsafe extern "C" fn tde_pwrite(
 }
 
 pub unsafe extern "C" fn tde_write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    let position = |t: Tracked| match t.kind {
-        Kind::Ephemeral { append: true, .. } => crate::ephemeral_files::append_offset(fd),
-        _ => current_offset(fd),
-    };
+    if let Some(Tracked {
+        kind: Kind::Ephemeral { file, append: true },
+        ..
+    }) = tracked(fd)
+    {
+        if count == 0 {
+            return 0;
+        }
+        // SAFETY: the server's buffer holds `count` bytes.
+        let src = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), count) };
+        return guarded(|| crate::ephemeral_files::append(fd, file, src));
+    }
+    let position = |_: Tracked| current_offset(fd);
     let tracked_pos = match tracked(fd) {
         Some(t) if count > 0 => match position(t) {
             Some(pos) => Some((t, pos)),

@@ -40,6 +40,10 @@ pub unsafe extern "C" fn tde_preadv(
 }
 
 pub unsafe extern "C" fn tde_dup(fd: c_int) -> c_int {
+    if let Err(e) = crate::ephemeral_files::flush(fd) {
+        set_errno(e);
+        return -1;
+    }
     // SAFETY: forwarding the server's descriptor.
     let new = unsafe { libc::dup(fd) };
     if new >= 0 {
@@ -49,6 +53,12 @@ pub unsafe extern "C" fn tde_dup(fd: c_int) -> c_int {
 }
 
 pub unsafe extern "C" fn tde_dup2(fd: c_int, fd2: c_int) -> c_int {
+    if let Err(e) = crate::ephemeral_files::flush(fd) {
+        set_errno(e);
+        return -1;
+    }
+    // dup2 closes fd2 first: what was appended to it is stored before.
+    let _ = crate::ephemeral_files::flush(fd2);
     // SAFETY: forwarding the server's descriptors.
     let new = unsafe { libc::dup2(fd, fd2) };
     if new >= 0 && new != fd {
