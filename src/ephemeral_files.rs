@@ -175,12 +175,81 @@ const FLUSH_AT: usize = 64 * 1024;
 
 thread_local! {
     static PENDING: RefCell<HashMap<c_int, Pending>> = RefCell::new(HashMap::new());
+    /// Files (device, inode) whose pending appends could not be stored when
+    /// their descriptor was closed, with the error: PostgreSQL ignores what
+    /// closing a spill file returns, so the loss is reported instead when
+    /// the file is opened again (to read it back, or to append more).
+    static LOST: RefCell<HashMap<(u64, u64), c_int>> = RefCell::new(HashMap::new());
+}
+
+fn identity(fd: c_int) -> Result<(u64, u64), c_int> {
+    // SAFETY: fstat into a zeroed stat buffer owned here.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the descriptor is the server's.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(crate::wal_hooks::errno());
+    }
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Right after the server opened one of these files as `fd`: forgets
+/// appends left under that descriptor number by a descriptor closed around
+/// the wrappers, and refuses a file whose appends were lost at a close
+/// (see `LOST`) unless it is being created afresh.
+pub fn opened(fd: c_int, flags: c_int) -> Result<(), c_int> {
+    PENDING.with(|p| p.borrow_mut().remove(&fd));
+    if LOST.with(|l| l.borrow().is_empty()) {
+        return Ok(());
+    }
+    let id = identity(fd)?;
+    let Some(e) = LOST.with(|l| l.borrow().get(&id).copied()) else {
+        return Ok(());
+    };
+    if flags & libc::O_CREAT != 0 && file_len(fd)? == 0 {
+        LOST.with(|l| l.borrow_mut().remove(&id));
+        return Ok(());
+    }
+    Err(e)
+}
+
+/// Before `fd` is closed: stores its pending appends; on failure the file
+/// is remembered as damaged (see `LOST`) and the error returned.
+pub fn closing(fd: c_int) -> Result<(), c_int> {
+    match flush(fd) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if let Ok(id) = identity(fd) {
+                LOST.with(|l| l.borrow_mut().insert(id, e));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Drops whatever is pending under a descriptor number being closed that
+/// is not an append descriptor (nothing should be).
+pub fn forget(fd: c_int) {
+    PENDING.with(|p| p.borrow_mut().remove(&fd));
 }
 
 /// `write()` through a descriptor opened with `O_APPEND`: all of `src`,
 /// stored at once or with later appends (see [`Pending`]).
 pub fn append(fd: c_int, file: u64, src: &[u8]) -> ssize_t {
     outcome((|| {
+        if src.len() >= FLUSH_AT {
+            // A large change is stored as it is, not copied.
+            flush(fd)?;
+            let end = file_len(fd)?;
+            if pwrite(fd, file, src, end) < 0 {
+                return Err(crate::wal_hooks::errno());
+            }
+            let to = end + src.len() as u64;
+            // SAFETY: lseek on the server's descriptor.
+            if unsafe { libc::lseek(fd, to as libc::off_t, libc::SEEK_SET) } < 0 {
+                return Err(crate::wal_hooks::errno());
+            }
+            return Ok(src.len() as ssize_t);
+        }
         let full = PENDING.with(|p| -> Result<bool, c_int> {
             let mut p = p.borrow_mut();
             let pending = match p.entry(fd) {
@@ -188,9 +257,13 @@ pub fn append(fd: c_int, file: u64, src: &[u8]) -> ssize_t {
                 Entry::Vacant(v) => v.insert(Pending {
                     file,
                     start: file_len(fd)?,
-                    bytes: Vec::with_capacity(FLUSH_AT + 8192),
+                    bytes: Vec::new(),
                 }),
             };
+            pending
+                .bytes
+                .try_reserve(src.len())
+                .map_err(|_| libc::ENOMEM)?;
             pending.bytes.extend_from_slice(src);
             Ok(pending.bytes.len() >= FLUSH_AT)
         })?;
@@ -259,6 +332,50 @@ mod tests {
     use pgrx::prelude::*;
 
     use super::is_ephemeral;
+
+    /// Appends that cannot be stored when a spill file is closed are
+    /// reported again when the file is opened, so that the reorder buffer,
+    /// which ignores what closing returns, raises an error instead of
+    /// reading a short file.
+    #[pg_test]
+    fn appends_lost_at_close_fail_the_next_open() {
+        use std::ffi::CString;
+        let dir = "pg_replslot/tde_test_lost";
+        std::fs::create_dir_all(dir).unwrap();
+        let path = CString::new(format!("{dir}/xid-7-lsn-0-1000000.spill")).unwrap();
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND;
+        // SAFETY: a NUL-terminated path; descriptors closed below.
+        let fd = unsafe { crate::wal_hooks::tde_open(path.as_ptr(), flags, 0o600) };
+        assert!(fd >= 0);
+        let change = [7u8; 100];
+        // SAFETY: `change` holds 100 bytes.
+        let n = unsafe { crate::wal_hooks::tde_write(fd, change.as_ptr().cast(), 100) };
+        assert_eq!(n, 100);
+        // The file can no longer be written through this descriptor, as
+        // when the disk fills: the pending appends cannot be stored.
+        // SAFETY: replacing the descriptor behind the wrappers' back.
+        unsafe {
+            let ro = libc::open(path.as_ptr(), libc::O_RDONLY);
+            assert!(ro >= 0);
+            assert_eq!(libc::dup2(ro, fd), fd);
+            libc::close(ro);
+        }
+        // SAFETY: the descriptor opened above.
+        assert_eq!(unsafe { crate::wal_hooks::tde_close(fd) }, -1);
+        // SAFETY: a NUL-terminated path.
+        let again = unsafe { crate::wal_hooks::tde_open(path.as_ptr(), libc::O_RDONLY, 0) };
+        let e = std::io::Error::last_os_error();
+        assert_eq!(again, -1, "the damaged spill file opened again");
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+        // Created afresh (the reorder buffer removed it), it is usable.
+        std::fs::remove_file(path.to_str().unwrap()).unwrap();
+        // SAFETY: as above.
+        let fresh = unsafe { crate::wal_hooks::tde_open(path.as_ptr(), flags, 0o600) };
+        assert!(fresh >= 0);
+        // SAFETY: the descriptor just opened.
+        assert_eq!(unsafe { crate::wal_hooks::tde_close(fresh) }, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[pg_test]
     fn ephemeral_paths() {

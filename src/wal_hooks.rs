@@ -649,6 +649,16 @@ pub unsafe extern "C" fn tde_open(path: *const c_char, flags: c_int, mode: libc:
     let fd = unsafe { libc::open(path, open_flags, mode as libc::c_uint) };
     if fd >= 0 && !path.is_null() {
         let e = errno();
+        if ephemeral.is_some() {
+            let check = std::panic::catch_unwind(|| crate::ephemeral_files::opened(fd, flags))
+                .unwrap_or(Err(libc::EIO));
+            if let Err(refused) = check {
+                // SAFETY: the descriptor just opened, not handed out.
+                unsafe { libc::close(fd) };
+                set_errno(refused);
+                return -1;
+            }
+        }
         // SAFETY: the server passes a NUL-terminated path.
         let p = unsafe { CStr::from_ptr(path) }.to_bytes();
         let kind = match ephemeral {
@@ -673,13 +683,19 @@ pub unsafe extern "C" fn tde_open(path: *const c_char, flags: c_int, mode: libc:
 
 pub unsafe extern "C" fn tde_close(fd: c_int) -> c_int {
     let mut flushed = Ok(());
-    if let Some(t) = tracked(fd) {
-        if matches!(t.kind, Kind::Ephemeral { append: true, .. }) {
-            flushed = std::panic::catch_unwind(|| crate::ephemeral_files::flush(fd))
+    match tracked(fd) {
+        Some(Tracked {
+            kind: Kind::Ephemeral { append: true, .. },
+            ..
+        }) => {
+            flushed = std::panic::catch_unwind(|| crate::ephemeral_files::closing(fd))
                 .unwrap_or(Err(libc::EIO));
+            set_tracked(fd, None);
         }
-        set_tracked(fd, None);
+        Some(_) => set_tracked(fd, None),
+        None => {}
     }
+    let _ = std::panic::catch_unwind(|| crate::ephemeral_files::forget(fd));
     CONTROL_FD.with(|c| {
         if c.get() == fd {
             c.set(-1);
