@@ -57,8 +57,15 @@ pub fn classify(path: &[u8]) -> Option<u64> {
 /// `base/pgsql_tmp/…`, `pg_tblspc/<oid>/<version>/pgsql_tmp/…`,
 /// `pg_replslot/<slot>/xid-….spill` and `pg_notify/<segment>`.
 fn is_ephemeral(rel: &[u8]) -> bool {
-    let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
-    match parts.as_slice() {
+    // Every open passes here: the first components, without allocating.
+    const MAX: usize = 6;
+    let mut parts: [&[u8]; MAX + 1] = [&[]; MAX + 1];
+    let mut n = 0;
+    for part in rel.split(|&b| b == b'/').take(MAX + 1) {
+        parts[n] = part;
+        n += 1;
+    }
+    match &parts[..n] {
         [b"base", b"pgsql_tmp", _, ..] => true,
         [b"pg_tblspc", _, _, b"pgsql_tmp", _, ..] => true,
         [b"pg_replslot", _, name] => name.starts_with(b"xid-") && name.ends_with(b".spill"),
@@ -67,14 +74,18 @@ fn is_ephemeral(rel: &[u8]) -> bool {
     }
 }
 
-fn file_len(fd: c_int) -> Result<u64, c_int> {
+fn stat(fd: c_int) -> Result<libc::stat, c_int> {
     // SAFETY: fstat into a zeroed stat buffer owned here.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above; the descriptor is the server's.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         return Err(crate::wal_hooks::errno());
     }
-    Ok(st.st_size as u64)
+    Ok(st)
+}
+
+fn file_len(fd: c_int) -> Result<u64, c_int> {
+    stat(fd).map(|st| st.st_size as u64)
 }
 
 fn outcome(r: Result<ssize_t, c_int>) -> ssize_t {
@@ -183,13 +194,7 @@ thread_local! {
 }
 
 fn identity(fd: c_int) -> Result<(u64, u64), c_int> {
-    // SAFETY: fstat into a zeroed stat buffer owned here.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; the descriptor is the server's.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(crate::wal_hooks::errno());
-    }
-    Ok((st.st_dev, st.st_ino))
+    stat(fd).map(|st| (st.st_dev, st.st_ino))
 }
 
 /// Right after the server opened one of these files as `fd`: forgets
@@ -239,15 +244,7 @@ pub fn append(fd: c_int, file: u64, src: &[u8]) -> ssize_t {
         if src.len() >= FLUSH_AT {
             // A large change is stored as it is, not copied.
             flush(fd)?;
-            let end = file_len(fd)?;
-            if pwrite(fd, file, src, end) < 0 {
-                return Err(crate::wal_hooks::errno());
-            }
-            let to = end + src.len() as u64;
-            // SAFETY: lseek on the server's descriptor.
-            if unsafe { libc::lseek(fd, to as libc::off_t, libc::SEEK_SET) } < 0 {
-                return Err(crate::wal_hooks::errno());
-            }
+            store_appended(fd, file, src, file_len(fd)?)?;
             return Ok(src.len() as ssize_t);
         }
         let full = PENDING.with(|p| -> Result<bool, c_int> {
@@ -284,10 +281,16 @@ pub fn flush(fd: c_int) -> Result<(), c_int> {
     if pending.bytes.is_empty() {
         return Ok(());
     }
-    if pwrite(fd, pending.file, &pending.bytes, pending.start) < 0 {
+    store_appended(fd, pending.file, &pending.bytes, pending.start)
+}
+
+/// Stores `bytes` appended at `at` (the end of the file) and leaves the
+/// file position after them, where an append leaves it.
+fn store_appended(fd: c_int, file: u64, bytes: &[u8], at: u64) -> Result<(), c_int> {
+    if pwrite(fd, file, bytes, at) < 0 {
         return Err(crate::wal_hooks::errno());
     }
-    let end = pending.start + pending.bytes.len() as u64;
+    let end = at + bytes.len() as u64;
     // SAFETY: lseek on the server's descriptor.
     if unsafe { libc::lseek(fd, end as libc::off_t, libc::SEEK_SET) } < 0 {
         return Err(crate::wal_hooks::errno());

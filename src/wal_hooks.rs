@@ -781,47 +781,26 @@ pub unsafe extern "C" fn tde_pwrite(
 }
 
 pub unsafe extern "C" fn tde_write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    if let Some(Tracked {
-        kind: Kind::Ephemeral { file, append: true },
-        ..
-    }) = tracked(fd)
-    {
-        if count == 0 {
-            return 0;
+    let Some(t) = tracked(fd).filter(|_| count > 0) else {
+        let control = CONTROL_FD.with(|c| c.get()) == fd;
+        let offset = if control { current_offset(fd) } else { None };
+        // SAFETY: forwarding the server's arguments.
+        let n = unsafe { libc::write(fd, buf, count) };
+        if control {
+            after_write(fd, buf, n, offset);
         }
-        // SAFETY: the server's buffer holds `count` bytes.
-        let src = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), count) };
-        return guarded(|| crate::ephemeral_files::append(fd, file, src));
-    }
-    let position = |_: Tracked| current_offset(fd);
-    let tracked_pos = match tracked(fd) {
-        Some(t) if count > 0 => match position(t) {
-            Some(pos) => Some((t, pos)),
-            // Never written through untransformed: fail the write instead.
-            None => {
-                if errno() == 0 {
-                    set_errno(libc::EIO);
-                }
-                return -1;
-            }
-        },
-        _ => None,
-    };
-    let (t, pos) = match tracked_pos {
-        Some(found) => found,
-        None => {
-            let control = CONTROL_FD.with(|c| c.get()) == fd;
-            let offset = if control { current_offset(fd) } else { None };
-            // SAFETY: forwarding the server's arguments.
-            let n = unsafe { libc::write(fd, buf, count) };
-            if control {
-                after_write(fd, buf, n, offset);
-            }
-            return n;
-        }
+        return n;
     };
     // SAFETY: the server's buffer holds `count` bytes.
     let src = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), count) };
+    if let Kind::Ephemeral { file, append: true } = t.kind {
+        return guarded(|| crate::ephemeral_files::append(fd, file, src));
+    }
+    // A tracked file is never written untransformed: a failed lseek fails
+    // the write with its errno.
+    let Some(pos) = current_offset(fd) else {
+        return -1;
+    };
     let n = guarded(|| tracked_pwrite(fd, t, src, pos));
     if n > 0 {
         advance(fd, pos + n as u64);

@@ -278,6 +278,15 @@ pub fn wait_archived(c: &Cluster, segment: &str, archive: &Path) {
     );
 }
 
+/// Waits until standby `s` streams from its primary.
+pub fn wait_streaming(s: &Cluster) {
+    wait_for(
+        Duration::from_secs(60),
+        || (s.psql("SELECT status FROM pg_stat_wal_receiver") == "streaming").then_some(()),
+        || format!("standby {} not streaming:\n{}", s.name(), s.log_text()),
+    );
+}
+
 /// Waits until standby `s` has replayed WAL up to `lsn`.
 pub fn wait_replayed(s: &Cluster, lsn: u64) {
     let sql = format!(

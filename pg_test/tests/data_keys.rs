@@ -65,11 +65,7 @@ fn rotation_under_pgbench_with_a_standby_attached() {
     pgbench_init(&primary, 5);
     let standby = Cluster::from_base_backup(&primary, "standby", &["-X", "stream", "-R"]);
     standby.start();
-    wal::wait_for(
-        Duration::from_secs(60),
-        || (standby.psql("SELECT status FROM pg_stat_wal_receiver") == "streaming").then_some(()),
-        || format!("standby not streaming:\n{}", standby.log_text()),
-    );
+    wal::wait_streaming(&standby);
     assert_eq!(held_generations(&primary), "1");
 
     let mut bench = primary.spawn_pgbench(&["-n", "-c", "4", "-j", "2", "-T", "24"]);

@@ -2,8 +2,6 @@
 //! decrypts on the primary's side, the standby's walreceiver writes its own
 //! encrypted WAL, and the standby can be promoted.
 
-use std::time::Duration;
-
 use pg_test::scan;
 use pg_test::wal::{self, PAGE};
 use pg_test::{encrypted_cluster, marker, tde, Cluster, TestDir};
@@ -25,11 +23,7 @@ fn standby_streams_encrypted_wal_and_promotes() {
         "the base backup has no keyring"
     );
     standby.start();
-    wal::wait_for(
-        Duration::from_secs(60),
-        || (standby.psql("SELECT status FROM pg_stat_wal_receiver") == "streaming").then_some(()),
-        || format!("standby not streaming:\n{}", standby.log_text()),
-    );
+    wal::wait_streaming(&standby);
 
     // A segment begun while the standby streams, so that the walreceiver
     // creates it; enough rows to fill several pages of it.

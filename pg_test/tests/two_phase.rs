@@ -4,8 +4,6 @@
 //! encrypted; `pg_twophase/` holds the GID, locks and the records WAL
 //! carries for the transaction (see `docs/format/ephemeral.md`).
 
-use std::time::Duration;
-
 use pg_test::{encrypted_cluster, marker, scan, wal, Cluster, TestDir};
 
 fn twophase_files(c: &Cluster) -> usize {
@@ -27,11 +25,7 @@ fn prepared_transactions_survive_kill9_on_primary_and_standby() {
     primary.psql("CREATE TABLE p(id int, v text)");
     let standby = Cluster::from_base_backup(&primary, "standby", &["-X", "stream", "-R"]);
     standby.start();
-    wal::wait_for(
-        Duration::from_secs(60),
-        || (standby.psql("SELECT status FROM pg_stat_wal_receiver") == "streaming").then_some(()),
-        || format!("standby not streaming:\n{}", standby.log_text()),
-    );
+    wal::wait_streaming(&standby);
 
     let (m1, m2) = (marker("prepared-one"), marker("prepared-two"));
     for (m, gid) in [(&m1, "tde-gid-one"), (&m2, "tde-gid-two")] {

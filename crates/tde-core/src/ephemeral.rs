@@ -143,8 +143,9 @@ pub fn plan_truncate(old_len: u64, new_len: u64) -> Plan {
         };
     }
     let last = unit_at(new_len, new_len - 1);
+    // Whole units of both lengths: the read ends where the old unit
+    // holding the new last byte ends.
     let read = whole_units(last.start..new_len, [old_len, new_len]);
-    let read = read.start..read.end.max(unit_at(old_len, new_len - 1).end);
     Plan {
         write: read.start..new_len,
         read,
