@@ -50,6 +50,7 @@ pub fn is_stream_page(page: &[u8]) -> bool {
     WalPageHeader::parse(page).is_some_and(|h| h.info & XLP_TDE_STREAM != 0)
 }
 
+#[derive(Clone)]
 pub struct WalStreamCipher {
     data_keys: BTreeMap<u8, Key256>,
     cluster_salt: [u8; 32],
