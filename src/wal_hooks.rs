@@ -238,6 +238,46 @@ fn decrypt_read(kind: Kind, buf: &mut [u8], offset: u64) -> Result<(), tde_core:
     })?
 }
 
+/// Whether this process is a walsender streaming physical WAL to a client:
+/// what it reads leaves the server, so it gets the stream format
+/// (`tde_core::wal_stream`). A logical walsender decodes what it reads in
+/// this process and needs plaintext; a base backup copies files as stored.
+fn streams_physical_wal() -> bool {
+    // SAFETY: plain reads of process globals; MyWalSnd and
+    // MyReplicationSlot are checked for NULL and point into shared memory
+    // this walsender owns.
+    unsafe {
+        pg_sys::am_walsender
+            && !pg_sys::MyWalSnd.is_null()
+            && (*pg_sys::MyWalSnd).state != pg_sys::WalSndState::WALSNDSTATE_BACKUP
+            && (pg_sys::MyReplicationSlot.is_null()
+                || (*pg_sys::MyReplicationSlot).data.database == pg_sys::InvalidOid)
+    }
+}
+
+/// Decrypts whole pages read from a tracked file; in a walsender that
+/// streams physical WAL, then turns each page that was stored encrypted
+/// (either format) into the stream format under its segment salt.
+fn read_transform(kind: Kind, buf: &mut [u8], offset: u64) -> Result<(), tde_core::Error> {
+    let seal = matches!(kind, Kind::Segment { .. }) && streams_physical_wal();
+    let salts: Vec<Option<SegmentSalt>> = if seal {
+        buf.chunks_exact(PAGE).map(SegmentSalt::from_page).collect()
+    } else {
+        Vec::new()
+    };
+    decrypt_read(kind, buf, offset)?;
+    if seal {
+        let stream = with_cipher(|c| c.stream_cipher())?;
+        for (page, salt) in buf.chunks_exact_mut(PAGE).zip(salts) {
+            if let Some(salt) = salt {
+                let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
+                stream.seal_page(page, salt)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A WAL page that cannot be decrypted reaches PostgreSQL as EIO, whose
 /// message never names the key. Says why, once per reason and process.
 /// Crash recovery, and archive recovery towards the end of WAL, would take
@@ -331,6 +371,11 @@ fn decrypt_for_merge(buf: &mut [u8]) -> Result<(), ()> {
     with_cipher(|c| {
         for page in buf.chunks_exact_mut(PAGE) {
             let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
+            // Received in stream format: stored as received (see
+            // `encrypt_write`), merged as stored.
+            if tde_core::wal_stream::is_stream_page(page) {
+                continue;
+            }
             let mut copy = *page;
             if c.decrypt_page(&mut copy).is_ok() {
                 *page = copy;
@@ -367,7 +412,17 @@ fn encrypt_write(
         }
     }
     with_cipher(|c| match segno(kind) {
-        Some(segno) => c.encrypt_range(buf, segno, offset, salt).map(|_| ()),
+        Some(segno) => {
+            // WAL a walreceiver received in stream format is stored as it
+            // came (every byte of it decrypts on its own, so the rest of a
+            // page can follow in a later write); the rest is encrypted.
+            for (i, page) in buf.chunks_exact_mut(PAGE).enumerate() {
+                if !tde_core::wal_stream::is_stream_page(page) {
+                    c.encrypt_range(page, segno, offset + (i * PAGE) as u64, salt)?;
+                }
+            }
+            Ok(())
+        }
         None => {
             for page in buf.chunks_exact_mut(PAGE) {
                 let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
@@ -496,7 +551,7 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
             // SAFETY: `n` bytes of the caller's buffer were just filled.
             let buf = unsafe { std::slice::from_raw_parts_mut(dst, n as usize) };
             let whole = n as usize - n as usize % PAGE;
-            if let Err(e) = decrypt_read(kind, &mut buf[..whole], offset) {
+            if let Err(e) = read_transform(kind, &mut buf[..whole], offset) {
                 report_unreadable(&e);
                 set_errno(libc::EIO);
                 return -1;
@@ -516,7 +571,7 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
             }
         };
         let whole = got - got % PAGE;
-        if let Err(e) = decrypt_read(kind, &mut s[..whole], start) {
+        if let Err(e) = read_transform(kind, &mut s[..whole], start) {
             report_unreadable(&e);
             set_errno(libc::EIO);
             return -1;

@@ -303,6 +303,11 @@ impl WalCipher {
         self.segment_size
     }
 
+    /// The stream-format cipher of the same keyring.
+    pub fn stream_cipher(&self) -> crate::wal_stream::WalStreamCipher {
+        self.stream.clone()
+    }
+
     pub fn has_generation(&self, generation: u8) -> bool {
         self.data_keys.contains_key(&generation)
     }
