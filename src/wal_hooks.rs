@@ -19,6 +19,7 @@ use tde_core::wal::{SegmentSalt, WalCipher, WalPageHeader, WAL_PAGE_SIZE};
 use crate::{guc, keys};
 
 mod guards;
+pub mod stream_out;
 
 const PAGE: usize = WAL_PAGE_SIZE;
 
@@ -236,46 +237,6 @@ fn decrypt_read(kind: Kind, buf: &mut [u8], offset: u64) -> Result<(), tde_core:
             Ok(())
         }
     })?
-}
-
-/// Whether this process is a walsender streaming physical WAL to a client:
-/// what it reads leaves the server, so it gets the stream format
-/// (`tde_core::wal_stream`). A logical walsender decodes what it reads in
-/// this process and needs plaintext; a base backup copies files as stored.
-fn streams_physical_wal() -> bool {
-    // SAFETY: plain reads of process globals; MyWalSnd and
-    // MyReplicationSlot are checked for NULL and point into shared memory
-    // this walsender owns.
-    unsafe {
-        pg_sys::am_walsender
-            && !pg_sys::MyWalSnd.is_null()
-            && (*pg_sys::MyWalSnd).state != pg_sys::WalSndState::WALSNDSTATE_BACKUP
-            && (pg_sys::MyReplicationSlot.is_null()
-                || (*pg_sys::MyReplicationSlot).data.database == pg_sys::InvalidOid)
-    }
-}
-
-/// Decrypts whole pages read from a tracked file; in a walsender that
-/// streams physical WAL, then turns each page that was stored encrypted
-/// (either format) into the stream format under its segment salt.
-fn read_transform(kind: Kind, buf: &mut [u8], offset: u64) -> Result<(), tde_core::Error> {
-    let seal = matches!(kind, Kind::Segment { .. }) && streams_physical_wal();
-    let salts: Vec<Option<SegmentSalt>> = if seal {
-        buf.chunks_exact(PAGE).map(SegmentSalt::from_page).collect()
-    } else {
-        Vec::new()
-    };
-    decrypt_read(kind, buf, offset)?;
-    if seal {
-        let stream = with_cipher(|c| c.stream_cipher())?;
-        for (page, salt) in buf.chunks_exact_mut(PAGE).zip(salts) {
-            if let Some(salt) = salt {
-                let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
-                stream.seal_page(page, salt)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A WAL page that cannot be decrypted reaches PostgreSQL as EIO, whose
@@ -542,6 +503,16 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
         let dst = unsafe { std::slice::from_raw_parts_mut(dst, count) };
         return crate::ephemeral_files::pread(fd, file, dst, offset);
     }
+    if stream_out::streams_physical_wal() && !stream_out::connection_seals() {
+        // Its connection was not wrapped (another library's authentication
+        // hook that did not call ours): what it read would leave in
+        // plaintext.
+        pgrx::warning!(
+            "tde: this walsender's connection does not seal WAL; refusing to read WAL for it"
+        );
+        set_errno(libc::EIO);
+        return -1;
+    }
     let aligned = offset.is_multiple_of(PAGE as u64) && count.is_multiple_of(PAGE);
     if aligned {
         // SAFETY: the caller's buffer holds `count` bytes.
@@ -551,7 +522,7 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
             // SAFETY: `n` bytes of the caller's buffer were just filled.
             let buf = unsafe { std::slice::from_raw_parts_mut(dst, n as usize) };
             let whole = n as usize - n as usize % PAGE;
-            if let Err(e) = read_transform(kind, &mut buf[..whole], offset) {
+            if let Err(e) = decrypt_read(kind, &mut buf[..whole], offset) {
                 report_unreadable(&e);
                 set_errno(libc::EIO);
                 return -1;
@@ -571,7 +542,7 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
             }
         };
         let whole = got - got % PAGE;
-        if let Err(e) = read_transform(kind, &mut s[..whole], start) {
+        if let Err(e) = decrypt_read(kind, &mut s[..whole], start) {
             report_unreadable(&e);
             set_errno(libc::EIO);
             return -1;
