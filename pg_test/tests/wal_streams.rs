@@ -263,3 +263,73 @@ fn pg_basebackup_with_its_defaults_stores_encrypted_wal() {
         "control: the marker is not in the backup's WAL"
     );
 }
+
+/// The generation byte of every page of `segment` as received.
+fn stream_generations(segment: &Path) -> Vec<u8> {
+    let bytes = wal::read(segment);
+    let mut gens: Vec<u8> = bytes
+        .chunks_exact(PAGE)
+        .filter(|p| p[..2] != [0, 0])
+        .map(|p| wal::page_salt(p)[0])
+        .collect();
+    gens.dedup();
+    gens
+}
+
+/// Streams are sealed under the oldest generation the keyring holds by
+/// default (a standby cloned before a rotation keeps streaming), under the
+/// current one with `tde.wal_stream_generation = current`, read at reload;
+/// then a standby without the new generation stops replaying, says why, and
+/// goes on once the keyring is imported.
+#[test]
+fn the_stream_generation_follows_the_setting() {
+    let dir = TestDir::new();
+    let enc = encrypted_cluster(&dir);
+    let standby = Cluster::from_base_backup(&enc, "standby", &["-X", "stream", "-R"]);
+    standby.start();
+    wal::wait_streaming(&standby);
+    assert_eq!(enc.psql("SELECT tde_rotate_data_key()"), "2");
+    let m = marker("generation");
+    let out = dir.subdir("oldest");
+    let segment = receive(&enc, &[&out], &m);
+    assert_eq!(stream_generations(&out.join(&segment)), [1]);
+    let lsn = wal::lsn(&enc, "SELECT pg_current_wal_flush_lsn()");
+    wal::wait_replayed(&standby, lsn);
+    assert_eq!(standby.psql("SELECT count(*) FROM s"), "1000");
+
+    enc.set("tde.wal_stream_generation", "current");
+    enc.psql("SELECT pg_reload_conf()");
+    let out = dir.subdir("current");
+    let segment = receive(&enc, &[&out], &m);
+    assert_eq!(stream_generations(&out.join(&segment)), [2]);
+    let decrypted = dir.subdir("decrypted");
+    wal::tdectl_wal_ok(
+        "decrypt",
+        &enc,
+        &out.join(&segment),
+        &decrypted.join(&segment),
+    );
+    assert!(scan::find_in_file(&decrypted.join(&segment), m.as_bytes()).is_some());
+
+    // The standby holds generation 1 only: it stops before that WAL.
+    wal::wait_for(
+        Duration::from_secs(60),
+        || standby.log_text().contains("generation 2").then_some(()),
+        || {
+            format!(
+                "the standby never said it lacks generation 2:\n{}",
+                standby.log_text()
+            )
+        },
+    );
+    assert_eq!(standby.psql("SELECT count(*) FROM s"), "1000");
+    let copy = standby.root().join("primary-keyring.json");
+    os::write_file(&copy, &std::fs::read(enc.keyring_path()).unwrap(), 0o600);
+    assert_eq!(
+        standby.psql(&format!("SELECT tde_import_keyring('{}')", copy.display())),
+        "1, 2"
+    );
+    let lsn = wal::lsn(&enc, "SELECT pg_current_wal_flush_lsn()");
+    wal::wait_replayed(&standby, lsn);
+    assert_eq!(standby.psql("SELECT count(*) FROM s"), "2000");
+}

@@ -43,7 +43,12 @@ extern "C-unwind" {
     static mut ClientAuthentication_hook: Option<ClientAuthHook>;
 }
 
+/// The hook installed before ours at load.
 static mut PREV_CLIENT_AUTH: Option<ClientAuthHook> = None;
+/// The hook a library loaded after tde put in front of ours, found once
+/// every preloaded library is in: called first, so that ours is outermost.
+static mut LATER_CLIENT_AUTH: Option<ClientAuthHook> = None;
+static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
 /// The connection's own methods, which ours forward to.
 static mut INNER: *const CommMethods = std::ptr::null();
 
@@ -73,21 +78,64 @@ thread_local! {
 /// Installs the hook that wraps each walsender's connection. Postmaster
 /// only, from `_PG_init`.
 pub fn init() {
-    // SAFETY: single-threaded postmaster start-up; the previous hook is
-    // kept and called first.
+    // SAFETY: single-threaded postmaster start-up; the previous hooks are
+    // kept and called.
     unsafe {
         PREV_CLIENT_AUTH = ClientAuthentication_hook;
         ClientAuthentication_hook = Some(after_authentication);
+        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(stay_outermost);
     }
+}
+
+/// Runs in the postmaster once every preloaded library is loaded. A library
+/// loaded after tde that set its own authentication hook and did not call
+/// ours would leave walsenders unwrapped, and since PostgreSQL 17 they send
+/// recent WAL from the WAL buffers, which no file wrapper sees: ours goes
+/// back in front and calls that library's first.
+#[pg_guard]
+unsafe extern "C-unwind" fn stay_outermost() {
+    // SAFETY: single-threaded postmaster; hook chaining as above.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP {
+            prev();
+        }
+        let ours: ClientAuthHook = after_authentication;
+        match ClientAuthentication_hook {
+            Some(h) if std::ptr::fn_addr_eq(h, ours) => {}
+            other => {
+                LATER_CLIENT_AUTH = other;
+                ClientAuthentication_hook = Some(ours);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static IN_AUTH_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn after_authentication(port: *mut pg_sys::Port, status: c_int) {
-    // SAFETY: the hook chain as PostgreSQL calls it, same arguments.
+    // SAFETY: the hook chain as PostgreSQL calls it, same arguments. A
+    // later library's hook that does call ours reaches this function again
+    // from inside the outer call: that inner call goes on down the chain
+    // tde found at load. (An ERROR in a hook ends the connection: the flag
+    // never outlives it.)
     unsafe {
-        if let Some(prev) = PREV_CLIENT_AUTH {
-            prev(port, status);
+        if IN_AUTH_HOOK.get() {
+            if let Some(prev) = PREV_CLIENT_AUTH {
+                prev(port, status);
+            }
+            return;
         }
+        IN_AUTH_HOOK.set(true);
+        match (LATER_CLIENT_AUTH, PREV_CLIENT_AUTH) {
+            (Some(later), _) => later(port, status),
+            (None, Some(prev)) => prev(port, status),
+            (None, None) => {}
+        }
+        IN_AUTH_HOOK.set(false);
         // A failed authentication ends the connection with an ERROR right
         // after this hook; nothing to wrap then.
         if pg_sys::am_walsender && status == pg_sys::STATUS_OK as c_int && INNER.is_null() {
@@ -103,6 +151,13 @@ unsafe extern "C-unwind" fn after_authentication(port: *mut pg_sys::Port, status
 pub fn connection_seals() -> bool {
     // SAFETY: plain reads of process globals.
     unsafe { std::ptr::eq(PqCommMethods, &SEALING) }
+}
+
+/// Whether what this walsender sends of WAL must be sealed: it streams
+/// physical WAL and WAL encryption is on (with it off, `pg_wal` itself is
+/// plaintext and so is the stream).
+pub fn must_seal() -> bool {
+    crate::guc::WAL_ENCRYPTION.get() && streams_physical_wal()
 }
 
 /// Whether this process is a walsender streaming physical WAL: a logical
@@ -128,7 +183,16 @@ pub fn streams_physical_wal() -> bool {
 
 /// Seals `wal`, the WAL from `start` on, in place.
 fn seal(start: u64, wal: &mut [u8]) -> Result<(), tde_core::Error> {
-    let epoch = crate::keys::current().epoch;
+    let keys = crate::keys::current();
+    let epoch = keys.epoch;
+    let generation = match crate::guc::WAL_STREAM_GENERATION.get() {
+        crate::guc::StreamGeneration::Current => keys.ring.current_generation(),
+        crate::guc::StreamGeneration::Oldest => keys
+            .ring
+            .generations()
+            .next()
+            .expect("a keyring holds a generation"),
+    };
     SEALER.with(|s| {
         let mut s = s.borrow_mut();
         match s.as_mut() {
@@ -145,7 +209,10 @@ fn seal(start: u64, wal: &mut [u8]) -> Result<(), tde_core::Error> {
                 ))
             }
         }
-        s.as_mut().expect("filled above").1.seal(start, wal)
+        s.as_mut()
+            .expect("filled above")
+            .1
+            .seal(start, wal, generation)
     })
 }
 
@@ -166,7 +233,7 @@ unsafe fn sealed(
     }
     // SAFETY: the caller's message holds `len` bytes.
     let msg = unsafe { std::slice::from_raw_parts(s.cast::<u8>(), len) };
-    if msg[0] != b'w' || FORWARDING.get() == msg.as_ptr() || !streams_physical_wal() {
+    if msg[0] != b'w' || FORWARDING.get() == msg.as_ptr() || !must_seal() {
         return false;
     }
     // Taken out while the connection's method runs: an ERROR it raises
@@ -177,9 +244,17 @@ unsafe fn sealed(
     let start = u64::from_be_bytes(out[1..9].try_into().expect("8 bytes"));
     let result = seal(start, &mut out[XLOGDATA_HEADER..]);
     if result.is_ok() {
+        /// Clears `FORWARDING` however the forwarding call ends, before
+        /// the buffer it names can be freed.
+        struct Forwarding;
+        impl Drop for Forwarding {
+            fn drop(&mut self) {
+                FORWARDING.set(std::ptr::null());
+            }
+        }
         FORWARDING.set(out.as_ptr());
+        let _forwarding = Forwarding;
         f(out.as_ptr().cast(), out.len());
-        FORWARDING.set(std::ptr::null());
     }
     OUT.with(|o| *o.borrow_mut() = out);
     if let Err(e) = result {
@@ -191,13 +266,14 @@ unsafe fn sealed(
 #[pg_guard]
 unsafe extern "C-unwind" fn putmessage_noblock(msgtype: c_char, s: *const c_char, len: usize) {
     // SAFETY: forwarding the caller's message, or our sealed copy of it, to
-    // the connection's own method; INNER is set before ours is installed.
+    // the connection's own method (INNER is set before ours is installed),
+    // through pgrx's boundary so that an ERROR unwinds our frames.
     unsafe {
         let inner = &*INNER;
-        if !sealed(msgtype, s, len, |p, n| {
-            (inner.putmessage_noblock)(msgtype, p, n)
-        }) {
-            (inner.putmessage_noblock)(msgtype, s, len)
+        let send =
+            |p, n| pg_sys::ffi::pg_guard_ffi_boundary(|| (inner.putmessage_noblock)(msgtype, p, n));
+        if !sealed(msgtype, s, len, send) {
+            send(s, len)
         }
     }
 }
@@ -207,11 +283,10 @@ unsafe extern "C-unwind" fn putmessage(msgtype: c_char, s: *const c_char, len: u
     // SAFETY: as in `putmessage_noblock`.
     unsafe {
         let inner = &*INNER;
+        let send = |p, n| pg_sys::ffi::pg_guard_ffi_boundary(|| (inner.putmessage)(msgtype, p, n));
         let mut rc = 0;
-        if !sealed(msgtype, s, len, |p, n| {
-            rc = (inner.putmessage)(msgtype, p, n)
-        }) {
-            rc = (inner.putmessage)(msgtype, s, len);
+        if !sealed(msgtype, s, len, |p, n| rc = send(p, n)) {
+            rc = send(s, len);
         }
         rc
     }
@@ -220,23 +295,23 @@ unsafe extern "C-unwind" fn putmessage(msgtype: c_char, s: *const c_char, len: u
 #[pg_guard]
 unsafe extern "C-unwind" fn comm_reset() {
     // SAFETY: forwarding to the connection's own method.
-    unsafe { ((*INNER).comm_reset)() }
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| ((*INNER).comm_reset)()) }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn flush() -> c_int {
     // SAFETY: forwarding to the connection's own method.
-    unsafe { ((*INNER).flush)() }
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| ((*INNER).flush)()) }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn flush_if_writable() -> c_int {
     // SAFETY: forwarding to the connection's own method.
-    unsafe { ((*INNER).flush_if_writable)() }
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| ((*INNER).flush_if_writable)()) }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn is_send_pending() -> bool {
     // SAFETY: forwarding to the connection's own method.
-    unsafe { ((*INNER).is_send_pending)() }
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| ((*INNER).is_send_pending)()) }
 }

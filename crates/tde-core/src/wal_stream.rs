@@ -19,9 +19,9 @@
 //!   big-endian) from 0 at the segment's start.
 //!
 //! A walsender seals what it sends with a [`StreamSealer`]: a fresh random
-//! salt for each segment of each stream, under the keyring's oldest
-//! generation ([`WalStreamCipher::stream_generation`]). The security
-//! argument is in `docs/format/wal-stream.md`.
+//! salt for each segment of each stream, under the generation
+//! `tde.wal_stream_generation` names. The security argument is in
+//! `docs/format/wal-stream.md`.
 
 use std::collections::BTreeMap;
 
@@ -74,11 +74,9 @@ impl WalStreamCipher {
         })
     }
 
-    /// The generation a walsender seals under: the oldest the keyring
-    /// holds, which every node cloned from this one holds too unless it
-    /// was dropped here since (a standby keeps replaying across data-key
-    /// rotations without importing the keyring).
-    pub fn stream_generation(&self) -> u8 {
+    /// The oldest generation the keyring holds: the one every node cloned
+    /// from this one holds too, unless it was dropped here since.
+    pub fn oldest_generation(&self) -> u8 {
         *self
             .data_keys
             .keys()
@@ -211,16 +209,16 @@ impl StreamSealer {
     }
 
     /// Goes on with the keys of a newer keyring (a rotation, an import):
-    /// the page being sent keeps its key, the next segment is salted under
-    /// the new keyring's stream generation.
+    /// the page being sent keeps its key; a segment whose salt's generation
+    /// the new keyring lacks gets a new salt at its next page.
     pub fn replace_cipher(&mut self, cipher: WalStreamCipher) {
         self.cipher = cipher;
     }
 
     /// Seals `bytes`, the WAL from position `start`, in place, drawing each
-    /// new segment's salt from the operating system's CSPRNG.
-    pub fn seal(&mut self, start: u64, bytes: &mut [u8]) -> Result<()> {
-        let generation = self.cipher.stream_generation();
+    /// new segment's salt, under `generation`, from the operating system's
+    /// CSPRNG.
+    pub fn seal(&mut self, start: u64, bytes: &mut [u8], generation: u8) -> Result<()> {
         self.seal_with(start, bytes, &mut || SegmentSalt::generate(generation))
     }
 

@@ -205,7 +205,7 @@ fn a_stream_starts_at_a_page_boundary_with_fresh_salts() {
     let ring = vector_keyring();
     let c = WalStreamCipher::new(&ring, SEG16).unwrap();
     assert_eq!(
-        c.stream_generation(),
+        c.oldest_generation(),
         *ring.generations().collect::<Vec<_>>().first().unwrap()
     );
     let (start, plain) = pages_across_a_segment_boundary();
