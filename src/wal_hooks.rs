@@ -949,6 +949,7 @@ pub fn handling() -> Vec<(&'static str, Handling)> {
     type Write = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
     type Vector = unsafe extern "C" fn(c_int, *const iovec, c_int, off_t) -> ssize_t;
     type Dup = unsafe extern "C" fn(c_int) -> c_int;
+    type Send = unsafe extern "C" fn(c_int, *const c_void, size_t, c_int) -> ssize_t;
     type Ftruncate = unsafe extern "C" fn(c_int, off_t) -> c_int;
     type Dup2 = unsafe extern "C" fn(c_int, c_int) -> c_int;
     type CopyRange =
@@ -993,6 +994,10 @@ pub fn handling() -> Vec<(&'static str, Handling)> {
             wrapped(guards::tde_copy_file_range as CopyRange as usize, false),
         ),
         ("mmap", wrapped(guards::tde_mmap as Mmap as usize, false)),
+        (
+            "send",
+            wrapped(stream_out::tde_send as Send as usize, false),
+        ),
         ("fopen", wrapped(guards::tde_fopen as Fopen as usize, false)),
         (
             "freopen",

@@ -333,3 +333,27 @@ fn the_stream_generation_follows_the_setting() {
     wal::wait_replayed(&standby, lsn);
     assert_eq!(standby.psql("SELECT count(*) FROM s"), "2000");
 }
+
+/// A library loaded after tde that sets its own client authentication hook
+/// (`auth_delay`, which calls the previous one): walsenders are still
+/// wrapped and what they send is sealed.
+#[test]
+fn a_later_authentication_hook_keeps_streams_sealed() {
+    let dir = TestDir::new();
+    let enc = encrypted_cluster(&dir);
+    let libdir = enc.psql("SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'");
+    if !Path::new(&libdir).join("auth_delay.so").exists() {
+        eprintln!("SKIPPED: auth_delay is not installed in {libdir} (a contrib module)");
+        return;
+    }
+    enc.set("shared_preload_libraries", "'tde,auth_delay'");
+    enc.set("auth_delay.milliseconds", "1");
+    enc.restart();
+    assert_eq!(enc.psql("SHOW shared_preload_libraries"), "tde,auth_delay");
+    let m = marker("auth-delay");
+    let out = dir.subdir("received");
+    let segment = receive(&enc, &[&out], &m);
+    let hits = scan::find_in_tree(&out, &[m.as_bytes()], &[]);
+    assert!(hits.is_empty(), "marker in pg_receivewal's files: {hits:?}");
+    assert_eq!(stream_generations(&out.join(&segment)), [1]);
+}

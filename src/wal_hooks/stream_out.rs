@@ -69,9 +69,8 @@ thread_local! {
     static SEALER: RefCell<Option<(u64, StreamSealer)>> = const { RefCell::new(None) };
     static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The sealed copy being forwarded: the socket's `putmessage_noblock`
-    /// sends through `putmessage`, which must not seal it again. (Left set
-    /// by an ERROR in the forwarding call, it names a buffer that was
-    /// leaked with it, so no other message can carry that address.)
+    /// sends through `putmessage`, which must not seal it again. Cleared
+    /// however the forwarding call ends, before that copy can be freed.
     static FORWARDING: std::cell::Cell<*const u8> = const { std::cell::Cell::new(std::ptr::null()) };
 }
 
@@ -98,7 +97,7 @@ unsafe extern "C-unwind" fn stay_outermost() {
     // SAFETY: single-threaded postmaster; hook chaining as above.
     unsafe {
         if let Some(prev) = PREV_SHMEM_STARTUP {
-            prev();
+            pg_sys::ffi::pg_guard_ffi_boundary(|| prev());
         }
         let ours: ClientAuthHook = after_authentication;
         match ClientAuthentication_hook {
@@ -123,16 +122,17 @@ unsafe extern "C-unwind" fn after_authentication(port: *mut pg_sys::Port, status
     // tde found at load. (An ERROR in a hook ends the connection: the flag
     // never outlives it.)
     unsafe {
+        let call = |hook: ClientAuthHook| pg_sys::ffi::pg_guard_ffi_boundary(|| hook(port, status));
         if IN_AUTH_HOOK.get() {
             if let Some(prev) = PREV_CLIENT_AUTH {
-                prev(port, status);
+                call(prev);
             }
             return;
         }
         IN_AUTH_HOOK.set(true);
         match (LATER_CLIENT_AUTH, PREV_CLIENT_AUTH) {
-            (Some(later), _) => later(port, status),
-            (None, Some(prev)) => prev(port, status),
+            (Some(later), _) => call(later),
+            (None, Some(prev)) => call(prev),
             (None, None) => {}
         }
         IN_AUTH_HOOK.set(false);
@@ -143,6 +143,29 @@ unsafe extern "C-unwind" fn after_authentication(port: *mut pg_sys::Port, status
             PqCommMethods = &SEALING;
         }
     }
+}
+
+/// The postgres executable's `send()` (every byte a backend sends to its
+/// client goes through it, with or without SSL): refused with EIO in a
+/// walsender that must seal what it sends but whose connection is not
+/// wrapped, so that WAL it took from the WAL buffers never leaves unsealed
+/// whatever another library did to the authentication hook.
+///
+/// # Safety
+///
+/// As `send(2)`.
+pub unsafe extern "C" fn tde_send(
+    fd: c_int,
+    buf: *const std::ffi::c_void,
+    len: libc::size_t,
+    flags: c_int,
+) -> libc::ssize_t {
+    if must_seal() && !connection_seals() {
+        super::set_errno(libc::EIO);
+        return -1;
+    }
+    // SAFETY: the caller's arguments, as `send(2)` takes them.
+    unsafe { libc::send(fd, buf, len, flags) }
 }
 
 /// Whether this walsender's connection seals what it sends (checked by the
