@@ -30,13 +30,23 @@ fn wait_for_file(path: &Path) {
 
 /// Runs one `pg_receivewal` into each of `outs` while 1000 rows holding
 /// `m` are inserted in a segment of their own; returns that segment's name.
+/// Receivers after the first stream through a physical replication slot.
 fn receive(c: &Cluster, outs: &[&Path], m: &str) -> String {
     c.psql("SELECT pg_switch_wal()");
     let mut children: Vec<_> = outs
         .iter()
-        .map(|out| {
-            c.client("pg_receivewal")
-                .arg("-D")
+        .enumerate()
+        .map(|(i, out)| {
+            let mut cmd = c.client("pg_receivewal");
+            if i > 0 {
+                let slot = format!("receiver_{i}");
+                c.psql(&format!(
+                    "SELECT 1 FROM pg_create_physical_replication_slot('{slot}')
+                     WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '{slot}')"
+                ));
+                cmd.arg(format!("--slot={slot}"));
+            }
+            cmd.arg("-D")
                 .arg(out)
                 .arg("--no-sync")
                 .stdin(Stdio::null())
