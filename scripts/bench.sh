@@ -8,7 +8,8 @@
 #   5. a sort and a hash join that spill to temporary files, and logical
 #      decoding of a transaction that spills, on the same two clusters
 # Environment: BENCH_SECONDS (pgbench run length, default 30),
-#              BENCH_SCALE (pgbench scale, default 30), PG_BIN.
+#              BENCH_SCALE (pgbench scale, default 30), PG_BIN,
+#              BENCH_ONLY=spill (only the clusters' spilling workloads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -26,6 +27,8 @@ openssl_rate() { # cipher
     awk -v k="$k" 'BEGIN {printf "%.0f", k*1000}'
 }
 
+ONLY=${BENCH_ONLY:-}
+if [ -z "$ONLY" ]; then
 echo "== page transform vs OpenSSL (one core, 8 KiB pages)"
 cargo build --release -q -p tde-core --example page_throughput
 ours=$(target/release/examples/page_throughput 2)
@@ -43,6 +46,8 @@ cargo build --release -q -p tde-core --example wal_throughput
 wal=$(target/release/examples/wal_throughput 2 | grep -E '^wal_(encrypt|decrypt) ')
 echo "$wal"
 echo "$wal" | awk -v o="$xts" '{printf "ratio %-22s %.2f (%.2f GB/s vs openssl %.2f GB/s)\n", $1, $2/o, $2/1e9, o/1e9}'
+
+fi
 
 echo "== setting up a plain and a tde cluster (scale $SCALE)"
 base=$(mktemp -d /var/tmp/tde-bench.XXXXXX)
@@ -128,6 +133,8 @@ for port in 5591 5592; do
     as_pg "$PG_BIN/psql" -X -q -h "$base" -p "$port" -U postgres -d postgres \
         -c "SELECT pg_drop_replication_slot('bench')" >/dev/null
 done
+
+[ "$ONLY" = spill ] && exit 0
 
 echo "== pgbench: tde vs plain (scale $SCALE, ${SECONDS_PER_RUN}s per run, shared_buffers 32MB so pages cross the storage manager, wal_level logical)"
 tps() { # cluster-port mode

@@ -5,9 +5,11 @@
 //!
 //! Generation numbers are issued by the primary only, so every node of a
 //! replication group means the same key by the same number. A streaming
-//! standby receives WAL already decrypted by the primary's walsender and
-//! writes its pages and WAL under its own current generation, so it keeps
-//! working after a rotation on the primary; it takes the new generations when
+//! standby receives WAL sealed by the primary's walsender under the oldest
+//! generation (by default, `tde.wal_stream_generation`; see
+//! `docs/format/wal-stream.md`), stores it as received and writes its pages
+//! under its own current generation, so it keeps working after a rotation
+//! on the primary; it takes the new generations when
 //! an administrator copies the primary's keyring next to it and runs
 //! `tde_import_keyring()` there (needed before it reads WAL written by the
 //! primary under the new generation from an archive, or before it serves as

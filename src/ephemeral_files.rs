@@ -18,7 +18,8 @@ use std::sync::OnceLock;
 
 use libc::ssize_t;
 use tde_core::ephemeral::{
-    file_id, plan_truncate, plan_write, read_layout, read_window, EphemeralCipher, Plan, ReadLayout,
+    file_id, plan_truncate, plan_write, read_layout, read_window, EphemeralCipher, Plan,
+    ReadLayout, SECTOR,
 };
 
 use crate::wal_hooks::{pread_full, pwrite_full, set_errno, with_scratch};
@@ -101,6 +102,9 @@ pub fn pread(fd: c_int, file: u64, dst: &mut [u8], offset: u64) -> ssize_t {
     outcome((|| {
         flush(fd)?;
         let cipher = cipher()?;
+        if let Some(n) = read_whole_sectors(fd, file, cipher, dst, offset)? {
+            return Ok(n);
+        }
         let mut window = read_window(offset, dst.len() as u64);
         loop {
             let done = with_scratch(
@@ -128,6 +132,51 @@ pub fn pread(fd: c_int, file: u64, dst: &mut [u8], offset: u64) -> ssize_t {
             }
         }
     })())
+}
+
+/// The common read (BufFile and logtape read whole blocks): whole sectors
+/// at a sector boundary, read straight into the caller's buffer and
+/// decrypted there, with the 16 bytes that follow read alongside by the
+/// same `preadv`: present, they prove every sector read is a plain unit
+/// (see `read_window`). `None` when the read is not of that shape or the
+/// file ends within reach; the general path then reads it again.
+fn read_whole_sectors(
+    fd: c_int,
+    file: u64,
+    cipher: &EphemeralCipher,
+    dst: &mut [u8],
+    offset: u64,
+) -> Result<Option<ssize_t>, c_int> {
+    let count = dst.len() as u64;
+    if count == 0 || !offset.is_multiple_of(SECTOR) || !count.is_multiple_of(SECTOR) {
+        return Ok(None);
+    }
+    let mut probe = [0u8; 16];
+    let iov = [
+        libc::iovec {
+            iov_base: dst.as_mut_ptr().cast(),
+            iov_len: dst.len(),
+        },
+        libc::iovec {
+            iov_base: probe.as_mut_ptr().cast(),
+            iov_len: probe.len(),
+        },
+    ];
+    // SAFETY: both vectors point to buffers owned here or by the caller,
+    // of the lengths given; the descriptor is the server's.
+    let n = unsafe { libc::preadv(fd, iov.as_ptr(), 2, offset as libc::off_t) };
+    if n < 0 {
+        let e = crate::wal_hooks::errno();
+        return match e {
+            libc::EINTR => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if n as u64 != count + probe.len() as u64 {
+        return Ok(None);
+    }
+    cipher.decrypt(file, offset + n as u64, offset, dst);
+    Ok(Some(count as ssize_t))
 }
 
 /// Carries out `plan`: the stored units it reads, decrypted, with `patch`

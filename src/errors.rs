@@ -33,6 +33,7 @@ fn sqlstate(e: &Error) -> PgSqlErrorCode {
         | Error::UnexpectedWalPage { .. }
         | Error::WalKeyMismatch { .. } => ERRCODE_DATA_CORRUPTED,
         Error::WalUnreadable { .. } => ERRCODE_IO_ERROR,
+        Error::WalStreamStartsMidPage { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
         Error::InvalidWalSegmentSize(_)
         | Error::ReservedGeneration
         | Error::WalRangeMisaligned { .. } => ERRCODE_INTERNAL_ERROR,

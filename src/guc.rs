@@ -12,6 +12,18 @@ pub static PRINCIPAL_KEY_COMMAND: GucSetting<Option<CString>> =
 pub static DATA_ENCRYPTION: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static WAL_ENCRYPTION: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static ALLOW_CORE_DUMPS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static WAL_STREAM_GENERATION: GucSetting<StreamGeneration> =
+    GucSetting::<StreamGeneration>::new(StreamGeneration::Oldest);
+
+/// Which data key generation walsenders seal what they send under
+/// (`docs/format/wal-stream.md`).
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StreamGeneration {
+    #[name = c"oldest"]
+    Oldest,
+    #[name = c"current"]
+    Current,
+}
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -44,6 +56,14 @@ pub fn register() {
         c"Segments written while off are stored in plaintext; encrypted segments stay readable either way.",
         &WAL_ENCRYPTION,
         GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"tde.wal_stream_generation",
+        c"Data key generation that WAL sent to replication clients is sealed under.",
+        c"oldest (default): the oldest the keyring holds, so standbys cloned before a rotation keep streaming; current: the one new writes use, so streams follow rotations (standbys must import the keyring first).",
+        &WAL_STREAM_GENERATION,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(

@@ -52,6 +52,7 @@ pub extern "C-unwind" fn _PG_init() {
     ephemeral_files::init()
         .unwrap_or_else(|e| errors::raise("cannot draw the key for temporary files", &e));
     attach::attach_wal_io();
+    wal_hooks::stream_out::init();
     rotation::init();
     keys::init();
     redo_point::init();

@@ -19,6 +19,7 @@ use tde_core::wal::{SegmentSalt, WalCipher, WalPageHeader, WAL_PAGE_SIZE};
 use crate::{guc, keys};
 
 mod guards;
+pub mod stream_out;
 
 const PAGE: usize = WAL_PAGE_SIZE;
 
@@ -324,12 +325,35 @@ fn log_direct(level: c_int, message: &str, hint: &str) {
     }
 }
 
+/// For each page of `buf` (stored pages, `src` to be written at byte
+/// `head` of it): whether the page will be in stream format once `src` is
+/// in place, judged by its header as it will be.
+fn ends_in_stream_format(buf: &[u8], head: usize, src: &[u8]) -> Vec<bool> {
+    let info_low = 2;
+    (0..buf.len() / PAGE)
+        .map(|i| {
+            let at = i * PAGE + info_low;
+            let byte = match at.checked_sub(head) {
+                Some(j) if j < src.len() => src[j],
+                _ => buf[at],
+            };
+            byte & tde_core::wal_stream::XLP_TDE_STREAM as u8 != 0
+        })
+        .collect()
+}
+
 /// Best-effort decryption of pages about to be partly overwritten: a page
 /// that cannot be decrypted (a header still being received, a leftover of a
-/// recycled file) stays as stored, opaque.
-fn decrypt_for_merge(buf: &mut [u8]) -> Result<(), ()> {
+/// recycled file) stays as stored, opaque. A page that will be in stream
+/// format (`stream`) is merged with its bytes as stored, never with a
+/// decryption of them: stored as received (see `encrypt_write`), the
+/// decrypted rest of an older page would reach the disk in plaintext.
+fn decrypt_for_merge(buf: &mut [u8], stream: &[bool]) -> Result<(), ()> {
     with_cipher(|c| {
-        for page in buf.chunks_exact_mut(PAGE) {
+        for (page, stream) in buf.chunks_exact_mut(PAGE).zip(stream) {
+            if *stream {
+                continue;
+            }
             let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
             let mut copy = *page;
             if c.decrypt_page(&mut copy).is_ok() {
@@ -367,7 +391,17 @@ fn encrypt_write(
         }
     }
     with_cipher(|c| match segno(kind) {
-        Some(segno) => c.encrypt_range(buf, segno, offset, salt).map(|_| ()),
+        Some(segno) => {
+            // WAL a walreceiver received in stream format is stored as it
+            // came (every byte of it decrypts on its own, so the rest of a
+            // page can follow in a later write); the rest is encrypted.
+            for (i, page) in buf.chunks_exact_mut(PAGE).enumerate() {
+                if !tde_core::wal_stream::is_stream_page(page) {
+                    c.encrypt_range(page, segno, offset + (i * PAGE) as u64, salt)?;
+                }
+            }
+            Ok(())
+        }
         None => {
             for page in buf.chunks_exact_mut(PAGE) {
                 let page: &mut [u8; PAGE] = page.try_into().expect("exact chunk");
@@ -487,6 +521,18 @@ fn tracked_pread(fd: c_int, kind: Kind, dst: *mut u8, count: usize, offset: u64)
         let dst = unsafe { std::slice::from_raw_parts_mut(dst, count) };
         return crate::ephemeral_files::pread(fd, file, dst, offset);
     }
+    if stream_out::must_seal() && !stream_out::connection_seals() {
+        // Its connection was not wrapped (another library's authentication
+        // hook that did not call ours): what it read would leave in
+        // plaintext.
+        log_direct(
+            pg_sys::WARNING as c_int,
+            "tde: this walsender's connection does not seal the WAL it sends; refusing to read WAL for it",
+            "A library in shared_preload_libraries replaced the client authentication hook without calling the previous one.",
+        );
+        set_errno(libc::EIO);
+        return -1;
+    }
     let aligned = offset.is_multiple_of(PAGE as u64) && count.is_multiple_of(PAGE);
     if aligned {
         // SAFETY: the caller's buffer holds `count` bytes.
@@ -578,7 +624,8 @@ fn tracked_pwrite(fd: c_int, t: Tracked, src: &[u8], offset: u64) -> ssize_t {
                 pread_full(fd, &mut s[len - PAGE..], end - PAGE as u64)?;
             }
             if head != 0 || tail != 0 {
-                decrypt_for_merge(s).map_err(|_| libc::EIO)?;
+                let stream = ends_in_stream_format(s, head, src);
+                decrypt_for_merge(s, &stream).map_err(|_| libc::EIO)?;
             }
             s[head..head + src.len()].copy_from_slice(src);
             if let Some(salt) = salt {
@@ -902,6 +949,7 @@ pub fn handling() -> Vec<(&'static str, Handling)> {
     type Write = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
     type Vector = unsafe extern "C" fn(c_int, *const iovec, c_int, off_t) -> ssize_t;
     type Dup = unsafe extern "C" fn(c_int) -> c_int;
+    type Send = unsafe extern "C" fn(c_int, *const c_void, size_t, c_int) -> ssize_t;
     type Ftruncate = unsafe extern "C" fn(c_int, off_t) -> c_int;
     type Dup2 = unsafe extern "C" fn(c_int, c_int) -> c_int;
     type CopyRange =
@@ -946,6 +994,10 @@ pub fn handling() -> Vec<(&'static str, Handling)> {
             wrapped(guards::tde_copy_file_range as CopyRange as usize, false),
         ),
         ("mmap", wrapped(guards::tde_mmap as Mmap as usize, false)),
+        (
+            "send",
+            wrapped(stream_out::tde_send as Send as usize, false),
+        ),
         ("fopen", wrapped(guards::tde_fopen as Fopen as usize, false)),
         (
             "freopen",
@@ -1052,6 +1104,58 @@ mod tests {
         let n = unsafe { tde_pread(fd, back.as_mut_ptr().cast(), PAGE, at as off_t) };
         assert_eq!(n, PAGE as ssize_t);
         assert!(back == page, "the valid page does not read back as written");
+
+        // SAFETY: the descriptor opened above.
+        unsafe { tde_close(fd) };
+        std::fs::remove_file(&name).unwrap();
+    }
+
+    /// A walreceiver writes the WAL it receives, in stream format, a piece
+    /// at a time over whatever the segment file held: a page it only begins
+    /// is merged with the stored page. Merged with a decryption of a stored
+    /// disk-format page (a recycled segment, one restored from an archive
+    /// or copied by `pg_basebackup -X fetch`), the rest of the page would be
+    /// stored in plaintext next to the stream bytes.
+    #[pg_test]
+    fn a_stream_piece_over_a_disk_page_never_stores_its_plaintext() {
+        let size = segment_size();
+        let (timeline, segno) = (0x7Eu32, 5u64);
+        let per_log = 0x1_0000_0000 / size;
+        let name = format!(
+            "pg_wal/{timeline:08X}{:08X}{:08X}",
+            segno / per_log,
+            segno % per_log
+        );
+        let c_name = CString::new(name.clone()).unwrap();
+        // SAFETY: a NUL-terminated path; the descriptor is closed below.
+        let fd = unsafe { tde_open(c_name.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600) };
+        assert!(fd >= 0, "open {name}: errno {}", errno());
+        let at = 2 * PAGE as u64;
+        let addr = segno * size + at;
+        let magic = pg_sys::XLOG_PAGE_MAGIC as u16;
+        let page = wal_page(magic, addr, timeline);
+        // SAFETY: `page` holds PAGE bytes.
+        let n = unsafe { tde_pwrite(fd, page.as_ptr().cast(), PAGE, at as off_t) };
+        assert_eq!(n, PAGE as ssize_t, "errno {}", errno());
+        assert!(!holds_marker(&name), "the disk page is stored in plaintext");
+
+        // The beginning of the same page as a stream sends it.
+        let mut piece = page[..300].to_vec();
+        piece[2] |= tde_core::wal_stream::XLP_TDE_STREAM as u8;
+        piece[20..24].copy_from_slice(&[1, 9, 9, 9]);
+        piece[24..].fill(0xA5);
+        // SAFETY: `piece` holds its length in bytes.
+        let n = unsafe { tde_pwrite(fd, piece.as_ptr().cast(), piece.len(), at as off_t) };
+        assert_eq!(n, piece.len() as ssize_t, "errno {}", errno());
+        assert!(
+            !holds_marker(&name),
+            "the rest of the disk page was stored in plaintext next to the stream piece"
+        );
+        let stored = std::fs::read(&name).unwrap();
+        assert!(
+            stored[at as usize..][..300] == piece[..],
+            "the stream piece is not stored as received"
+        );
 
         // SAFETY: the descriptor opened above.
         unsafe { tde_close(fd) };

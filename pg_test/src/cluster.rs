@@ -234,6 +234,15 @@ impl Cluster {
             source.name,
             out.text()
         );
+        Cluster::copy_of(source, name)
+    }
+
+    /// A cluster made of `<name>/data` next to `source`'s, which a copy of
+    /// `source` (a base backup the test ran itself) has filled; same key
+    /// and settings, its own port.
+    pub fn copy_of(source: &Cluster, name: &str) -> Cluster {
+        let root = source.dir.path().join(name);
+        let data = root.join("data");
         let cluster = Cluster {
             dir: source.dir.clone(),
             name: name.to_string(),

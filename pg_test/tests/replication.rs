@@ -110,8 +110,9 @@ fn standby_streams_encrypted_wal_and_promotes() {
         "control: the decrypted standby segment lacks the marker"
     );
 
-    // A restart of the standby: the walreceiver resumes in the middle of
-    // the segment it has been writing, and keeps that segment's salt.
+    // A restart of the standby: the walreceiver streams again from the
+    // beginning of the segment (it always does), and the new stream, sealed
+    // under a salt of its own, rewrites every page of it up to the end.
     standby.restart();
     primary.psql(&format!(
         "INSERT INTO r SELECT g, '{m1}-' || g FROM generate_series(2001, 2200) g"
@@ -125,6 +126,7 @@ fn standby_streams_encrypted_wal_and_promotes() {
     );
     let s_seg = wal::read(&standby.data_dir().join("pg_wal").join(&segment));
     let last = wal::page_offset_before(lsn2, seg_size) as usize;
+    let s_salt = wal::page_salt(&s_seg[..PAGE]);
     for i in 0..=last / PAGE {
         assert_eq!(
             wal::page_salt(&s_seg[i * PAGE..(i + 1) * PAGE]),

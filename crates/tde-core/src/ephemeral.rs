@@ -121,8 +121,17 @@ pub fn plan_write(old_len: u64, offset: u64, count: u64) -> Plan {
         range.start = range.start.min(unit_at(old_len, old_len - 1).start);
     }
     let write = whole_units(range, [old_len, new_len]);
+    // Stored bytes are read only where the units keep some of them: a
+    // write that covers its units whole (a BufFile or logtape block written
+    // over a block it reuses) reads nothing.
+    let kept = write.start..write.end.min(old_len).max(write.start);
+    let covered = write.start == offset && kept.end <= end;
     Plan {
-        read: write.start..write.end.min(old_len).max(write.start),
+        read: if covered {
+            write.start..write.start
+        } else {
+            kept
+        },
         write,
         old_len,
         new_len,
@@ -555,9 +564,17 @@ mod tests {
         // A 5-byte tail joins the sector before it.
         let p = plan_write(1024, 1024, 5);
         assert_eq!((p.read, p.write), (512..1024, 512..1029));
-        // Rewriting a block inside the file.
+        // Rewriting a whole block inside the file (logtape reusing a
+        // block) reads nothing: every stored byte of its units is replaced.
         let p = plan_write(65536, 8192, 8192);
-        assert_eq!((p.read, p.write), (8192..16384, 8192..16384));
+        assert_eq!((p.read, p.write), (8192..8192, 8192..16384));
+        // Rewriting part of a sector reads that sector.
+        let p = plan_write(65536, 8200, 100);
+        assert_eq!((p.read, p.write), (8192..8704, 8192..8704));
+        // A rewrite whose last unit holds a joined tail it does not cover
+        // reads that unit.
+        let p = plan_write(8197, 0, 8192);
+        assert_eq!((p.read, p.write), (0..8197, 0..8197));
     }
 
     /// SLRU pages of one segment are written by whichever backend evicts

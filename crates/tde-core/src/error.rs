@@ -85,6 +85,8 @@ pub enum Error {
     UnknownWalGeneration { pageaddr: u64, generation: u8 },
     #[error("WAL page at {} {detail}", lsn(*.pageaddr))]
     UnexpectedWalPage { pageaddr: u64, detail: String },
+    #[error("a replication stream starts at {}, inside a WAL page whose header it did not send: tde can only send WAL from a page boundary, where the receiver gets the page's salt (every stock receiver starts at a segment boundary)", lsn(*.at))]
+    WalStreamStartsMidPage { at: u64 },
     #[error("the keyring's data key generation {generation} does not decrypt the WAL: the record at {} in segment {segment} fails its CRC when decrypted with it, so this keyring is not the one that encrypted this WAL (a copy from another node, or one older or newer than a data key rotation). Put back the keyring this WAL was written with", lsn(*.record))]
     WalKeyMismatch {
         generation: u8,

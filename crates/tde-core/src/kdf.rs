@@ -155,6 +155,35 @@ pub fn wal_keys(
     (split_key(&okm[..KEY_LEN]), split_key(&okm[KEY_LEN..]))
 }
 
+/// The key of the WAL stream format (`crate::wal_stream`) for one segment:
+/// `HKDF-SHA256(ikm = DEK, salt = cluster salt, info = "tde/v1/wal-stream"
+/// ‖ system identifier ‖ timeline ‖ segment number (little-endian) ‖
+/// segment salt)`, 32 bytes. Its own label: independent of the segment's
+/// XTS keys on disk.
+pub fn wal_stream_key(
+    dek: &Key256,
+    cluster_salt: &[u8; 32],
+    system_identifier: u64,
+    timeline: u32,
+    segment: u64,
+    segment_salt: &[u8; 4],
+) -> Key256 {
+    let hk = Hkdf::<Sha256>::new(Some(cluster_salt), dek.as_bytes());
+    let mut okm = Zeroizing::new([0u8; KEY_LEN]);
+    hk.expand_multi_info(
+        &[
+            b"tde/v1/wal-stream",
+            &system_identifier.to_le_bytes(),
+            &timeline.to_le_bytes(),
+            &segment.to_le_bytes(),
+            segment_salt,
+        ],
+        &mut okm[..],
+    )
+    .expect("32 bytes is a valid HKDF-SHA256 output length");
+    split_key(&okm[..])
+}
+
 /// Keys protecting one wrapped copy of the data keys under a principal key:
 /// (encryption key, MAC key).
 pub fn wrap_keys(principal: &Key256, nonce: &[u8; 16]) -> (Key256, Key256) {

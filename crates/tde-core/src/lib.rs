@@ -24,6 +24,7 @@ pub mod verify;
 pub mod wal;
 pub mod wal_check;
 pub mod wal_scan;
+pub mod wal_stream;
 pub mod xts;
 
 pub use error::{Error, Result};

@@ -258,6 +258,9 @@ enum ReadPlan {
     Plain,
     Stale,
     Decrypt(WalPageHeader, SegmentSalt),
+    /// A page in the stream format (`crate::wal_stream`), as a receiver of
+    /// streamed WAL stores it.
+    Stream,
 }
 
 /// The WAL transform for one cluster: the keyring's data keys, cluster salt
@@ -271,6 +274,7 @@ pub struct WalCipher {
     system_identifier: u64,
     segment_size: u32,
     cached: Option<(SegmentKeyId, XtsAes256)>,
+    stream: crate::wal_stream::WalStreamCipher,
 }
 
 impl WalCipher {
@@ -291,11 +295,17 @@ impl WalCipher {
             system_identifier: ring.system_identifier,
             segment_size,
             cached: None,
+            stream: crate::wal_stream::WalStreamCipher::new(ring, segment_size)?,
         })
     }
 
     pub fn segment_size(&self) -> u32 {
         self.segment_size
+    }
+
+    /// The stream-format cipher of the same keyring.
+    pub fn stream_cipher(&self) -> crate::wal_stream::WalStreamCipher {
+        self.stream.clone()
     }
 
     pub fn has_generation(&self, generation: u8) -> bool {
@@ -333,6 +343,11 @@ impl WalCipher {
                 Ok(WalReadOutcome::Decrypted {
                     generation: salt.generation(),
                 })
+            }
+            ReadPlan::Stream => {
+                let generation = page[SALT_AT];
+                self.stream.open_page(page, WAL_PAGE_SIZE)?;
+                Ok(WalReadOutcome::Decrypted { generation })
             }
         }
     }
@@ -388,6 +403,10 @@ impl WalCipher {
                 ReadPlan::Stale => summary.stale += 1,
                 ReadPlan::Decrypt(header, salt) => {
                     self.apply_decrypt(page, &header, salt);
+                    summary.encrypted += 1;
+                }
+                ReadPlan::Stream => {
+                    self.stream.open_page(page, WAL_PAGE_SIZE)?;
                     summary.encrypted += 1;
                 }
             }
@@ -480,6 +499,9 @@ impl WalCipher {
         })?;
         self.check_header(&header)?;
         self.check_generation(&header, salt)?;
+        if header.info & crate::wal_stream::XLP_TDE_STREAM != 0 {
+            return Ok(ReadPlan::Stream);
+        }
         Ok(ReadPlan::Decrypt(header, salt))
     }
 
