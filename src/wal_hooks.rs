@@ -1050,20 +1050,27 @@ mod tests {
         stored.windows(MARKER.len()).any(|w| w == MARKER)
     }
 
-    #[pg_test]
-    fn the_wal_writer_never_writes_a_page_it_cannot_encrypt() {
-        let size = segment_size();
-        let (timeline, segno) = (0x7Fu32, 3u64);
-        let per_log = 0x1_0000_0000 / size;
+    /// Opens (creating it) the segment file of `segno` on `timeline`
+    /// through the wrappers; the caller closes and removes it.
+    fn open_segment(timeline: u32, segno: u64) -> (String, c_int) {
+        let per_log = 0x1_0000_0000 / segment_size();
         let name = format!(
             "pg_wal/{timeline:08X}{:08X}{:08X}",
             segno / per_log,
             segno % per_log
         );
         let c_name = CString::new(name.clone()).unwrap();
-        // SAFETY: a NUL-terminated path; the descriptor is closed below.
+        // SAFETY: a NUL-terminated path; the caller closes the descriptor.
         let fd = unsafe { tde_open(c_name.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600) };
         assert!(fd >= 0, "open {name}: errno {}", errno());
+        (name, fd)
+    }
+
+    #[pg_test]
+    fn the_wal_writer_never_writes_a_page_it_cannot_encrypt() {
+        let size = segment_size();
+        let (timeline, segno) = (0x7Fu32, 3u64);
+        let (name, fd) = open_segment(timeline, segno);
         assert!(is_tracked(fd), "{name} is not taken for a WAL segment");
 
         let at = PAGE as u64;
@@ -1120,16 +1127,7 @@ mod tests {
     fn a_stream_piece_over_a_disk_page_never_stores_its_plaintext() {
         let size = segment_size();
         let (timeline, segno) = (0x7Eu32, 5u64);
-        let per_log = 0x1_0000_0000 / size;
-        let name = format!(
-            "pg_wal/{timeline:08X}{:08X}{:08X}",
-            segno / per_log,
-            segno % per_log
-        );
-        let c_name = CString::new(name.clone()).unwrap();
-        // SAFETY: a NUL-terminated path; the descriptor is closed below.
-        let fd = unsafe { tde_open(c_name.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600) };
-        assert!(fd >= 0, "open {name}: errno {}", errno());
+        let (name, fd) = open_segment(timeline, segno);
         let at = 2 * PAGE as u64;
         let addr = segno * size + at;
         let magic = pg_sys::XLOG_PAGE_MAGIC as u16;

@@ -180,7 +180,8 @@ pub fn connection_seals() -> bool {
 /// physical WAL and WAL encryption is on (with it off, `pg_wal` itself is
 /// plaintext and so is the stream).
 pub fn must_seal() -> bool {
-    crate::guc::WAL_ENCRYPTION.get() && streams_physical_wal()
+    // Every send() of every backend asks: the cheap process flag first.
+    streams_physical_wal() && crate::guc::WAL_ENCRYPTION.get()
 }
 
 /// Whether this process is a walsender streaming physical WAL: a logical

@@ -139,19 +139,14 @@ pub fn wal_keys(
     segment: u64,
     segment_salt: &[u8; 4],
 ) -> (Key256, Key256) {
-    let hk = Hkdf::<Sha256>::new(Some(cluster_salt), dek.as_bytes());
     let mut okm = Zeroizing::new([0u8; 2 * KEY_LEN]);
-    hk.expand_multi_info(
-        &[
-            b"tde/v1/wal",
-            &system_identifier.to_le_bytes(),
-            &timeline.to_le_bytes(),
-            &segment.to_le_bytes(),
-            segment_salt,
-        ],
-        &mut okm[..],
-    )
-    .expect("64 bytes is a valid HKDF-SHA256 output length");
+    let id = SegmentId {
+        system_identifier,
+        timeline,
+        segment,
+        segment_salt,
+    };
+    segment_okm(dek, cluster_salt, b"tde/v1/wal", &id, &mut okm[..]);
     (split_key(&okm[..KEY_LEN]), split_key(&okm[KEY_LEN..]))
 }
 
@@ -168,20 +163,48 @@ pub fn wal_stream_key(
     segment: u64,
     segment_salt: &[u8; 4],
 ) -> Key256 {
-    let hk = Hkdf::<Sha256>::new(Some(cluster_salt), dek.as_bytes());
     let mut okm = Zeroizing::new([0u8; KEY_LEN]);
-    hk.expand_multi_info(
-        &[
-            b"tde/v1/wal-stream",
-            &system_identifier.to_le_bytes(),
-            &timeline.to_le_bytes(),
-            &segment.to_le_bytes(),
-            segment_salt,
-        ],
-        &mut okm[..],
-    )
-    .expect("32 bytes is a valid HKDF-SHA256 output length");
+    let id = SegmentId {
+        system_identifier,
+        timeline,
+        segment,
+        segment_salt,
+    };
+    segment_okm(dek, cluster_salt, b"tde/v1/wal-stream", &id, &mut okm[..]);
     split_key(&okm[..])
+}
+
+/// What names one WAL segment's keys in their HKDF info, after the label.
+struct SegmentId<'a> {
+    system_identifier: u64,
+    timeline: u32,
+    segment: u64,
+    segment_salt: &'a [u8; 4],
+}
+
+/// `HKDF-SHA256(ikm = dek, salt = cluster salt, info = label ‖ system
+/// identifier ‖ timeline ‖ segment number (little-endian) ‖ segment salt)`
+/// into `okm`: the derivation both WAL formats share, each under its own
+/// label.
+fn segment_okm(
+    dek: &Key256,
+    cluster_salt: &[u8; 32],
+    label: &[u8],
+    id: &SegmentId,
+    okm: &mut [u8],
+) {
+    Hkdf::<Sha256>::new(Some(cluster_salt), dek.as_bytes())
+        .expand_multi_info(
+            &[
+                label,
+                &id.system_identifier.to_le_bytes(),
+                &id.timeline.to_le_bytes(),
+                &id.segment.to_le_bytes(),
+                id.segment_salt,
+            ],
+            okm,
+        )
+        .expect("32 or 64 bytes is a valid HKDF-SHA256 output length");
 }
 
 /// Keys protecting one wrapped copy of the data keys under a principal key:

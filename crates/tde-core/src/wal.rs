@@ -267,6 +267,22 @@ enum ReadPlan {
 /// and system identifier, and the WAL segment size. Keeps the expanded XTS
 /// keys of the most recently used segment, so consecutive pages of one
 /// segment cost one HKDF.
+/// A `wal_segment_size` PostgreSQL allows: a power of two from 1 MiB to
+/// 1 GiB.
+pub(crate) fn check_segment_size(segment_size: u32) -> Result<()> {
+    match segment_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&segment_size) {
+        true => Ok(()),
+        false => Err(Error::InvalidWalSegmentSize(segment_size)),
+    }
+}
+
+/// Every data key the keyring holds, by generation.
+pub(crate) fn held_keys(ring: &Keyring) -> BTreeMap<u8, Key256> {
+    ring.generations()
+        .map(|g| (g, ring.data_key(g).expect("listed generation").clone()))
+        .collect()
+}
+
 #[derive(Clone)]
 pub struct WalCipher {
     data_keys: BTreeMap<u8, Key256>,
@@ -282,15 +298,9 @@ impl WalCipher {
     /// server knows it; offline tools read it with [`WalPageHeader::parse`]
     /// from the first page of a segment).
     pub fn new(ring: &Keyring, segment_size: u32) -> Result<WalCipher> {
-        if !segment_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&segment_size) {
-            return Err(Error::InvalidWalSegmentSize(segment_size));
-        }
-        let data_keys = ring
-            .generations()
-            .map(|g| (g, ring.data_key(g).expect("listed generation").clone()))
-            .collect();
+        check_segment_size(segment_size)?;
         Ok(WalCipher {
-            data_keys,
+            data_keys: held_keys(ring),
             cluster_salt: ring.cluster_salt,
             system_identifier: ring.system_identifier,
             segment_size,

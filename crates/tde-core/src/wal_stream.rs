@@ -32,8 +32,8 @@ use crate::kdf::{wal_stream_key, Key256};
 use crate::keyring::Keyring;
 use crate::page::is_all_zero;
 use crate::wal::{
-    SegmentSalt, WalPage, WalPageHeader, LONG_HEADER_LEN, SHORT_HEADER_LEN, WAL_PAGE_SIZE,
-    XLP_LONG_HEADER,
+    check_segment_size, held_keys, SegmentSalt, WalPage, WalPageHeader, LONG_HEADER_LEN,
+    SHORT_HEADER_LEN, WAL_PAGE_SIZE, XLP_LONG_HEADER,
 };
 use crate::{Error, Result};
 
@@ -59,15 +59,9 @@ pub struct WalStreamCipher {
 
 impl WalStreamCipher {
     pub fn new(ring: &Keyring, segment_size: u32) -> Result<WalStreamCipher> {
-        if !segment_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&segment_size) {
-            return Err(Error::InvalidWalSegmentSize(segment_size));
-        }
-        let data_keys = ring
-            .generations()
-            .map(|g| (g, ring.data_key(g).expect("listed generation").clone()))
-            .collect();
+        check_segment_size(segment_size)?;
         Ok(WalStreamCipher {
-            data_keys,
+            data_keys: held_keys(ring),
             cluster_salt: ring.cluster_salt,
             system_identifier: ring.system_identifier,
             segment_size,
