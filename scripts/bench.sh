@@ -9,7 +9,8 @@
 #      decoding of a transaction that spills, on the same two clusters
 # Environment: BENCH_SECONDS (pgbench run length, default 30),
 #              BENCH_SCALE (pgbench scale, default 30), PG_BIN,
-#              BENCH_ONLY=spill (only the clusters' spilling workloads).
+#              BENCH_ONLY=spill (only the clusters' spilling workloads),
+#              BENCH_SPILL_RUNS (runs of each spilling workload, default 7).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -82,27 +83,36 @@ CONF
     as_pg "$PG_BIN/createdb" -h "$base" -p "$port" -U postgres unlogged
     as_pg "$PG_BIN/pgbench" -h "$base" -p "$port" -U postgres -i -q -s "$SCALE" --unlogged-tables unlogged >/dev/null 2>&1
 done
-echo "== files PostgreSQL deletes at start: tde vs plain (same clusters; best of 3 alternating runs each)"
-# Wall-clock seconds of one psql script.
+SPILL_RUNS=${BENCH_SPILL_RUNS:-7}
+echo "== files PostgreSQL deletes at start: tde vs plain (same clusters; $SPILL_RUNS alternating runs each)"
+# Seconds one psql script takes, timed inside the backend with
+# clock_timestamp(), so that connection start-up is left out.
 timed() { # port db sql
-    local t0 t1
-    t0=$(date +%s.%N)
-    as_pg "$PG_BIN/psql" -X -q -h "$base" -p "$1" -U postgres -d "$2" -c "$3" >/dev/null
-    t1=$(date +%s.%N)
-    awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}'
+    as_pg "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$base" -p "$1" -U postgres -d "$2" <<SQL | awk -F'|' '$1 == "timing" {print $2}'
+SELECT extract(epoch FROM clock_timestamp()) AS wall0 \gset
+$3;
+SELECT 'timing', extract(epoch FROM clock_timestamp()) - :wall0;
+SQL
 }
-best() { sort -n | head -1; }
+median() { sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}'; }
+# The runs alternate, plain then tde. The ratio reported is the median of
+# each tde run's speed against the plain run just before it, so that drift
+# in the machine's speed (large here: the same query's time varies by up to
+# 25% between minutes) cancels out.
 spill_case() { # name db sql
     local p=() t=() i
-    for i in 1 2 3; do
+    for ((i = 0; i < SPILL_RUNS; i++)); do
         p+=("$(timed 5591 "$2" "$3")")
         t+=("$(timed 5592 "$2" "$3")")
     done
-    local bp bt
-    bp=$(printf '%s\n' "${p[@]}" | best)
-    bt=$(printf '%s\n' "${t[@]}" | best)
-    awk -v n="$1" -v p="$bp" -v t="$bt" 'BEGIN {
-        printf "%-34s plain %.2f s, tde %.2f s, ratio tde/plain (speed) %.3f\n", n, p, t, p / t }'
+    local mp mt ratio
+    mp=$(printf '%s\n' "${p[@]}" | median)
+    mt=$(printf '%s\n' "${t[@]}" | median)
+    ratio=$(for ((i = 0; i < SPILL_RUNS; i++)); do
+        awk -v p="${p[i]}" -v t="${t[i]}" 'BEGIN {printf "%.4f\n", p / t}'
+    done | median)
+    awk -v n="$1" -v p="$mp" -v t="$mt" -v r="$ratio" 'BEGIN {
+        printf "%-34s plain %.2f s, tde %.2f s (medians), ratio tde/plain (speed) %.3f\n", n, p, t, r }'
 }
 for port in 5591 5592; do
     as_pg "$PG_BIN/psql" -X -q -h "$base" -p "$port" -U postgres -d postgres \
