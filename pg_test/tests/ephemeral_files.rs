@@ -486,3 +486,131 @@ fn decoding_spills_streamed_transactions_and_notify_hold_no_plaintext() {
         eprintln!("{road}: no marker; control: marker in {dir}");
     }
 }
+
+/// A small tmpfs mounted for the test's lifetime, owned by the server's OS
+/// user; unmounted when dropped (before the test directory is removed).
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    /// `None` where this process may not mount (not root, or no
+    /// CAP_SYS_ADMIN in its container).
+    fn mount(at: PathBuf, size: &str) -> Option<SmallFs> {
+        let (uid, gid) = os::server_user()?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0700,uid={uid},gid={gid}"))
+            .arg("tmpfs")
+            .arg(&at)
+            .output()
+            .ok()?;
+        out.status.success().then_some(SmallFs(at))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The ERROR line of a failed psql run with its SQLSTATE, the quoted file
+/// path (it names the backend's pid) replaced by `<path>`.
+fn error_line(out: &str) -> String {
+    let line = out
+        .lines()
+        .find(|l| l.contains("ERROR:"))
+        .unwrap_or_else(|| panic!("no ERROR in:\n{out}"));
+    match (line.find('"'), line.rfind('"')) {
+        (Some(a), Some(b)) if a < b => format!("{}<path>{}", &line[..a], &line[b + 1..]),
+        _ => line.to_string(),
+    }
+}
+
+/// What a spilling sort gives when its temporary tablespace fills up, then
+/// a sort that fits in what is left: (error of the first, result of the
+/// second, bytes left in the tablespace between them).
+fn full_disk(s: &Setup, fs: &Path) -> (String, String, u64) {
+    let c = &s.cluster;
+    c.psql(&format!(
+        "CREATE TABLESPACE full_disk LOCATION '{}'",
+        fs.display()
+    ));
+    let session = "SET work_mem = '64kB'; SET max_parallel_workers_per_gather = 0;
+                   SET temp_tablespaces = 'full_disk'; SET log_temp_files = 0;";
+    let err = c
+        .try_psql(&format!(
+            "\\set VERBOSITY verbose\n{session}
+             SELECT count(*) FROM (SELECT v FROM t ORDER BY v OFFSET 0) s"
+        ))
+        .expect_err("the sort must fill the tablespace");
+    let left = bytes_in(fs, "pgsql_tmp");
+    let before = c.log_text().len();
+    let fits = c.psql(&format!(
+        "{session} SELECT md5(string_agg(v, ',')) FROM (SELECT v FROM t WHERE id <= 8000 ORDER BY v DESC) s"
+    ));
+    let log = c.log_text();
+    assert!(
+        log[before..]
+            .lines()
+            .any(|l| l.contains("temporary file: path \"pg_tblspc/")),
+        "{}: the sort that fits did not spill to the tablespace:\n{}",
+        c.name(),
+        &log[before..]
+    );
+    (error_line(&err), fits, left)
+}
+
+/// A temporary tablespace that fills up: the query fails with the same
+/// error (SQLSTATE 53100, "No space left on device") as without tde, its
+/// files are removed, and the next query that fits runs and gives the
+/// same result. tde writes each temporary file byte in place, so it fills
+/// the disk at the same point as PostgreSQL alone.
+#[test]
+fn a_full_temporary_tablespace_fails_as_without_tde() {
+    let dir = TestDir::new();
+    let m = marker("full");
+    let (enc_at, plain_at) = (dir.subdir("encrypted-full"), dir.subdir("plain-full"));
+    let (Some(enc_fs), Some(plain_fs)) =
+        (SmallFs::mount(enc_at, "3m"), SmallFs::mount(plain_at, "3m"))
+    else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+        return;
+    };
+    let enc = cluster(&dir, "encrypted", true, &m);
+    let plain = cluster(&dir, "plain", false, &m);
+    let (enc_err, enc_fits, enc_left) = full_disk(&enc, &enc_fs.0);
+    let (plain_err, plain_fits, plain_left) = full_disk(&plain, &plain_fs.0);
+    eprintln!("with tde: {enc_err}\nwithout:  {plain_err}");
+    assert!(
+        plain_err.contains("53100") && plain_err.contains("No space left on device"),
+        "control: {plain_err}"
+    );
+    assert_eq!(
+        enc_err, plain_err,
+        "the error differs from PostgreSQL's own"
+    );
+    assert_eq!(
+        (enc_left, plain_left),
+        (0, 0),
+        "temporary files left behind"
+    );
+    assert_eq!(
+        enc_fits, plain_fits,
+        "the sort that fits gives another result"
+    );
+    assert_eq!(hits(&enc, &m), Vec::<String>::new());
+    assert!(
+        scan::find_in_tree(&enc_fs.0, &[m.as_bytes()], &[]).is_empty(),
+        "marker in the full tablespace"
+    );
+    let log = enc.cluster.log_text();
+    let trouble: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("PANIC") || (l.contains("tde:") && !l.contains("LOG:")))
+        .collect();
+    assert!(trouble.is_empty(), "{trouble:#?}");
+    drop((enc, plain));
+}
