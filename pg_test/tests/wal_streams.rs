@@ -367,3 +367,97 @@ fn a_later_authentication_hook_keeps_streams_sealed() {
     assert!(hits.is_empty(), "marker in pg_receivewal's files: {hits:?}");
     assert_eq!(stream_generations(&out.join(&segment)), [1]);
 }
+
+/// Builds `fixtures/hook_thief.c` against the server's headers into the
+/// test directory, readable by the server's OS user.
+fn build_hook_thief(dir: &TestDir) -> PathBuf {
+    let pg_config = os::pg_bin().join("pg_config");
+    let out = std::process::Command::new(&pg_config)
+        .arg("--includedir-server")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", pg_config.display()));
+    let include = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let lib = dir.path().join("hook_thief.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hook_thief.c");
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-I"])
+        .arg(&include)
+        .arg("-o")
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .expect("run cc (build-essential)");
+    assert!(
+        out.status.success(),
+        "cc {}:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    os::chown_to_server(&lib);
+    lib
+}
+
+/// A library that takes the client authentication hook without calling
+/// tde's. Loaded after tde, it is put behind tde's again once every
+/// library is loaded, and streams stay sealed. When it takes the hook
+/// after that (from its own shared memory start-up), walsenders are not
+/// wrapped: they must refuse to send WAL, so `pg_receivewal` gets nothing,
+/// ordinary connections keep working, and the server log says why.
+#[test]
+fn a_hook_that_drops_tdes_never_lets_plaintext_wal_out() {
+    let dir = TestDir::new();
+    let lib = build_hook_thief(&dir);
+    let enc = encrypted_cluster(&dir);
+    enc.set(
+        "shared_preload_libraries",
+        &format!("'tde,{}'", lib.display()),
+    );
+    enc.set("hook_thief.late", "off");
+    enc.restart();
+    let m = marker("hook-thief");
+    let out = dir.subdir("received-early");
+    let segment = receive(&enc, &[&out], &m);
+    let hits = scan::find_in_tree(&out, &[m.as_bytes()], &[]);
+    assert!(hits.is_empty(), "marker in pg_receivewal's files: {hits:?}");
+    assert_eq!(stream_generations(&out.join(&segment)), [1]);
+
+    enc.set("hook_thief.late", "on");
+    enc.restart();
+    assert_eq!(enc.psql("SELECT 1"), "1", "an ordinary connection");
+    let before = enc.log_text().len();
+    enc.psql(&format!(
+        "INSERT INTO s SELECT g, '{m}-late-' || g FROM generate_series(1, 1000) g"
+    ));
+    let out = dir.subdir("received-late");
+    let mut child = enc
+        .client("pg_receivewal")
+        .arg("-D")
+        .arg(&out)
+        .args(["--no-sync", "--no-loop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pg_receivewal");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for pg_receivewal") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pg_receivewal kept streaming from an unwrapped walsender"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "pg_receivewal succeeded");
+    let hits = scan::find_in_tree(&out, &[format!("{m}-late").as_bytes()], &[]);
+    assert!(hits.is_empty(), "marker in pg_receivewal's files: {hits:?}");
+    let log = enc.log_text()[before..].to_string();
+    assert!(
+        log.contains("does not seal the WAL it sends")
+            || log.contains("could not send data to client: Input/output error"),
+        "the server log does not say why the stream stopped:\n{log}"
+    );
+    assert_eq!(enc.psql("SELECT count(*) FROM s"), "2000");
+}
