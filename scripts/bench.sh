@@ -83,7 +83,7 @@ CONF
     as_pg "$PG_BIN/createdb" -h "$base" -p "$port" -U postgres unlogged
     as_pg "$PG_BIN/pgbench" -h "$base" -p "$port" -U postgres -i -q -s "$SCALE" --unlogged-tables unlogged >/dev/null 2>&1
 done
-SPILL_RUNS=${BENCH_SPILL_RUNS:-7}
+SPILL_RUNS=${BENCH_SPILL_RUNS:-7} # odd: the median is one of the pairs
 echo "== files PostgreSQL deletes at start: tde vs plain (same clusters; $SPILL_RUNS alternating runs each)"
 # Seconds one psql script takes, timed inside the backend with
 # clock_timestamp(), so that connection start-up is left out. With
@@ -98,15 +98,20 @@ SELECT 'timing', extract(epoch FROM clock_timestamp()) - :wall0;
 SQL
 }
 median() { sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}'; }
-# The runs alternate, plain then tde. The ratio reported is the median of
-# each tde run's speed against the plain run just before it, so that drift
-# in the machine's speed (large here: the same query's time varies by up to
-# 25% between minutes) cancels out.
+# The runs come in pairs, plain then tde, then tde then plain, so that
+# neither side always runs second. The ratio reported is the median of each
+# pair's ratio, so that drift in the machine's speed (large here: the same
+# query's time varies by up to 25% between minutes) cancels out.
 spill_case() { # name db sql
     local p=() t=() i
     for ((i = 0; i < SPILL_RUNS; i++)); do
-        p+=("$(timed 5591 "$2" "$3")")
-        t+=("$(timed 5592 "$2" "$3")")
+        if ((i % 2 == 0)); then
+            p+=("$(timed 5591 "$2" "$3")")
+            t+=("$(timed 5592 "$2" "$3")")
+        else
+            t+=("$(timed 5592 "$2" "$3")")
+            p+=("$(timed 5591 "$2" "$3")")
+        fi
     done
     local mp mt ratio
     mp=$(printf '%s\n' "${p[@]}" | median)

@@ -4,7 +4,7 @@
 
 use pg_test::scan;
 use pg_test::wal::{self, PAGE};
-use pg_test::{encrypted_cluster, marker, tde, Cluster, TestDir};
+use pg_test::{encrypted_cluster, marker, os, tde, Cluster, TestDir};
 
 fn markers_in_wal(c: &Cluster, markers: &[&str]) -> Vec<scan::Hit> {
     let needles: Vec<&[u8]> = markers.iter().map(|m| m.as_bytes()).collect();
@@ -185,10 +185,12 @@ fn standby_streams_encrypted_wal_and_promotes() {
 
 /// A standby cloned with `pg_basebackup -X fetch`: its `pg_wal` starts with
 /// the segments the backup copied as the primary stored them (disk format,
-/// under the primary's salts), which it replays before it streams the rest
-/// in the stream format. The rows written before the backup, between the
-/// backup and the standby's start, and after it reach the standby, and no
-/// marker reaches its `pg_wal` in plaintext.
+/// under the primary's salts). It first starts with no primary to stream
+/// from, so it can only reach a consistent state (and accept connections)
+/// by replaying those copies; then it streams the rest in the stream
+/// format. The rows written before the backup, between the backup and the
+/// standby's start, and after it reach the standby, and no marker reaches
+/// its `pg_wal` in plaintext.
 #[test]
 fn a_standby_cloned_with_x_fetch_replays_its_copied_segments_then_streams() {
     let dir = TestDir::new();
@@ -198,7 +200,7 @@ fn a_standby_cloned_with_x_fetch_replays_its_copied_segments_then_streams() {
         "CREATE TABLE r(id int PRIMARY KEY, v text);
          INSERT INTO r SELECT g, '{before}-' || g FROM generate_series(1, 500) g"
     ));
-    let standby = Cluster::from_base_backup(&primary, "standby", &["-X", "fetch", "-R"]);
+    let standby = Cluster::from_base_backup(&primary, "standby", &["-X", "fetch"]);
     assert!(
         !wal::segment_files(&standby.data_dir().join("pg_wal")).is_empty(),
         "the backup fetched no WAL segment"
@@ -206,7 +208,32 @@ fn a_standby_cloned_with_x_fetch_replays_its_copied_segments_then_streams() {
     primary.psql(&format!(
         "INSERT INTO r SELECT g, '{between}-' || g FROM generate_series(501, 1000) g"
     ));
+    os::write_file(&standby.data_dir().join("standby.signal"), b"", 0o600);
     standby.start();
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(
+        standby.psql(&format!("SELECT count(*) FROM r WHERE v LIKE '{before}-%'")),
+        "500",
+        "rows of the backup, consistent from the copied WAL alone"
+    );
+    let log = standby.log_text();
+    for trouble in [
+        "could not read",
+        "invalid magic number",
+        "WARNING:  tde",
+        "ERROR",
+    ] {
+        assert!(
+            !log.contains(trouble),
+            "replaying the copied segments: {trouble}:\n{log}"
+        );
+    }
+    let conninfo = format!(
+        "host={} port={} user=postgres",
+        primary.socket_dir().display(),
+        primary.port()
+    );
+    standby.set_and_reload("primary_conninfo", &format!("'{conninfo}'"), &conninfo);
     wal::wait_streaming(&standby);
     // Single rows, each its own commit and flush: the walreceiver writes
     // many short pieces of pages.

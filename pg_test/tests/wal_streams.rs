@@ -368,6 +368,17 @@ fn a_later_authentication_hook_keeps_streams_sealed() {
     assert_eq!(stream_generations(&out.join(&segment)), [1]);
 }
 
+/// A child process, killed and reaped when dropped (a failed assertion
+/// included).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Builds `fixtures/hook_thief.c` against the server's headers into the
 /// test directory, readable by the server's OS user.
 fn build_hook_thief(dir: &TestDir) -> PathBuf {
@@ -429,19 +440,20 @@ fn a_hook_that_drops_tdes_never_lets_plaintext_wal_out() {
         "INSERT INTO s SELECT g, '{m}-late-' || g FROM generate_series(1, 1000) g"
     ));
     let out = dir.subdir("received-late");
-    let mut child = enc
-        .client("pg_receivewal")
-        .arg("-D")
-        .arg(&out)
-        .args(["--no-sync", "--no-loop"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pg_receivewal");
+    let mut child = Killed(
+        enc.client("pg_receivewal")
+            .arg("-D")
+            .arg(&out)
+            .args(["--no-sync", "--no-loop"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pg_receivewal"),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for pg_receivewal") {
+        if let Some(s) = child.0.try_wait().expect("wait for pg_receivewal") {
             break s;
         }
         assert!(

@@ -490,10 +490,17 @@ mod tests {
             Aes256::new(&[2u8; 32].into()),
         );
         let file = 0x0123_4567_89ab_cdef_u64;
-        for len in [16u64, 100, 512, 515, 1000, 1024, 1030, 1551] {
+        // Past 64 sectors too: whole sectors go through AES in batches of
+        // 64 units.
+        for len in [
+            16u64, 100, 512, 515, 1000, 1024, 1030, 1551, 1536, 33_380, 66_560,
+        ] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
             let mut ours = plain.clone();
             cipher().encrypt(file, len, 0, &mut ours);
+            let mut back = ours.clone();
+            cipher().decrypt(file, len, 0, &mut back);
+            assert_eq!(back, plain, "len {len}: decrypted");
             let mut reference = plain.clone();
             let mut pos = 0;
             while pos < len {
