@@ -137,13 +137,13 @@ SELECT 1 FROM pg_create_logical_replication_slot('bench', 'pgoutput');
 INSERT INTO decoded SELECT g, md5(g::text) FROM generate_series(1, 300000) g;
 SQL
 done
-spill_case "sort 2M rows, work_mem 1MB" postgres \
-    "SET work_mem = '1MB'; SET max_parallel_workers_per_gather = 0;
+SORT_SQL="SET work_mem = '1MB'; SET max_parallel_workers_per_gather = 0;
      SELECT count(*) FROM (SELECT v FROM spill ORDER BY v OFFSET 0) s"
-spill_case "hash join 2M x 2M, work_mem 1MB" postgres \
-    "SET work_mem = '1MB'; SET max_parallel_workers_per_gather = 0;
+HASH_SQL="SET work_mem = '1MB'; SET max_parallel_workers_per_gather = 0;
      SET enable_mergejoin = off; SET enable_nestloop = off;
      SELECT count(*) FROM spill a JOIN spill b USING (id)"
+spill_case "sort 2M rows, work_mem 1MB" postgres "$SORT_SQL"
+spill_case "hash join 2M x 2M, work_mem 1MB" postgres "$HASH_SQL"
 spill_case "decoding a 300k-row transaction" postgres \
     "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('bench', NULL, NULL,
        'proto_version', '1', 'publication_names', 'decoded')"
@@ -166,13 +166,8 @@ for port in 5591 5592; do
 done
 echo "-- the same two with shared_buffers = 1GB, the table in shared buffers (spill files alone; each run after an untimed one in its session)"
 SPILL_WARM=1
-spill_case "sort 2M rows, work_mem 1MB" postgres \
-    "SET work_mem = '1MB'; SET max_parallel_workers_per_gather = 0;
-     SELECT count(*) FROM (SELECT v FROM spill ORDER BY v OFFSET 0) s"
-spill_case "hash join 2M x 2M, work_mem 1MB" postgres \
-    "SET work_mem = '1MB'; SET max_parallel_workers_per_gather = 0;
-     SET enable_mergejoin = off; SET enable_nestloop = off;
-     SELECT count(*) FROM spill a JOIN spill b USING (id)"
+spill_case "sort 2M rows, work_mem 1MB" postgres "$SORT_SQL"
+spill_case "hash join 2M x 2M, work_mem 1MB" postgres "$HASH_SQL"
 SPILL_WARM=0
 set_buffers 32MB
 for port in 5591 5592; do

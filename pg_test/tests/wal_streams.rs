@@ -344,6 +344,15 @@ fn the_stream_generation_follows_the_setting() {
     assert_eq!(standby.psql("SELECT count(*) FROM s"), "2000");
 }
 
+/// One `pg_receivewal` into `out` (see [`receive`]): no marker in what it
+/// stored, and the segment sealed under generation 1.
+fn receive_sealed(c: &Cluster, out: &Path, m: &str) {
+    let segment = receive(c, &[out], m);
+    let hits = scan::find_in_tree(out, &[m.as_bytes()], &[]);
+    assert!(hits.is_empty(), "marker in pg_receivewal's files: {hits:?}");
+    assert_eq!(stream_generations(&out.join(&segment)), [1]);
+}
+
 /// A library loaded after tde that sets its own client authentication hook
 /// (`auth_delay`, which calls the previous one): walsenders are still
 /// wrapped and what they send is sealed.
@@ -362,10 +371,7 @@ fn a_later_authentication_hook_keeps_streams_sealed() {
     assert_eq!(enc.psql("SHOW shared_preload_libraries"), "tde,auth_delay");
     let m = marker("auth-delay");
     let out = dir.subdir("received");
-    let segment = receive(&enc, &[&out], &m);
-    let hits = scan::find_in_tree(&out, &[m.as_bytes()], &[]);
-    assert!(hits.is_empty(), "marker in pg_receivewal's files: {hits:?}");
-    assert_eq!(stream_generations(&out.join(&segment)), [1]);
+    receive_sealed(&enc, &out, &m);
 }
 
 /// A child process, killed and reaped when dropped (a failed assertion
@@ -427,10 +433,7 @@ fn a_hook_that_drops_tdes_never_lets_plaintext_wal_out() {
     enc.restart();
     let m = marker("hook-thief");
     let out = dir.subdir("received-early");
-    let segment = receive(&enc, &[&out], &m);
-    let hits = scan::find_in_tree(&out, &[m.as_bytes()], &[]);
-    assert!(hits.is_empty(), "marker in pg_receivewal's files: {hits:?}");
-    assert_eq!(stream_generations(&out.join(&segment)), [1]);
+    receive_sealed(&enc, &out, &m);
 
     enc.set("hook_thief.late", "on");
     enc.restart();

@@ -183,41 +183,41 @@ impl XtsAes256 {
     /// block at a time, a quarter of the speed.
     fn xex_units(&self, blocks: &mut [Block], per_unit: usize, starts: &[Block], encrypt: bool) {
         debug_assert_eq!(blocks.len(), per_unit * starts.len());
-        let mut tweaks = [0u128; BATCH];
         let mut units = starts.iter();
         let mut t = 0u128;
         let mut left = 0usize;
-        for batch in blocks.chunks_mut(BATCH) {
-            for (b, slot) in batch.iter_mut().zip(tweaks.iter_mut()) {
-                if left == 0 {
-                    t = u128::from_le_bytes(units.next().expect("a tweak per unit").0);
-                    left = per_unit;
-                }
-                *slot = t;
-                xor_block(b, t);
-                t = mul_alpha(t);
-                left -= 1;
+        self.xex_with(blocks, encrypt, || {
+            if left == 0 {
+                t = u128::from_le_bytes(units.next().expect("a tweak per unit").0);
+                left = per_unit;
             }
-            if encrypt {
-                self.data.encrypt_blocks(batch);
-            } else {
-                self.data.decrypt_blocks(batch);
-            }
-            for (b, &tw) in batch.iter_mut().zip(tweaks.iter()) {
-                xor_block(b, tw);
-            }
-        }
+            left -= 1;
+            let this = t;
+            t = mul_alpha(t);
+            this
+        });
     }
 
     /// XOR-encrypt-XOR of consecutive blocks starting at tweak `t`; returns
     /// the tweak of the block after the last.
     fn xex(&self, blocks: &mut [Block], mut t: u128, encrypt: bool) -> u128 {
+        self.xex_with(blocks, encrypt, || {
+            let this = t;
+            t = mul_alpha(t);
+            this
+        });
+        t
+    }
+
+    /// XOR-encrypt-XOR of `blocks`, each with the next tweak `next` gives,
+    /// through batched AES calls.
+    #[inline(always)]
+    fn xex_with(&self, blocks: &mut [Block], encrypt: bool, mut next: impl FnMut() -> u128) {
         let mut tweaks = [0u128; BATCH];
         for batch in blocks.chunks_mut(BATCH) {
             for (b, slot) in batch.iter_mut().zip(tweaks.iter_mut()) {
-                *slot = t;
-                xor_block(b, t);
-                t = mul_alpha(t);
+                *slot = next();
+                xor_block(b, *slot);
             }
             if encrypt {
                 self.data.encrypt_blocks(batch);
@@ -228,7 +228,6 @@ impl XtsAes256 {
                 xor_block(b, tw);
             }
         }
-        t
     }
 }
 
